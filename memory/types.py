@@ -1,0 +1,47 @@
+"""Typed results of the memory layer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from store.types import AddResult
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One retrieved chunk, best first in a result list."""
+
+    rank: int  # 1-based
+    score: float
+    text: str
+    user_id: str
+    session_id: str
+    session_date: str | None
+    turn_ids: tuple[str, ...]  # external turn ids (e.g. LoCoMo dia_ids) the chunk covers
+    chunk_id: int
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["turn_ids"] = list(self.turn_ids)
+        return d
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did, with where the time went."""
+
+    results: list[AddResult] = field(default_factory=list)
+    embed_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def turns(self) -> int:
+        return sum(r.turns for r in self.results)
+
+    @property
+    def chunks(self) -> int:
+        return sum(r.chunks for r in self.results)

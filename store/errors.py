@@ -1,0 +1,40 @@
+"""Errors raised by qrmem. Every message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class QrmemError(Exception):
+    """Base class of every error qrmem raises on purpose."""
+
+
+class InputError(QrmemError):
+    """Input data is malformed. Names the source, the record and the field."""
+
+    def __init__(self, message: str, *, source: str | None = None, record: str | None = None,
+                 field: str | None = None) -> None:
+        self.source, self.record, self.field, self.reason = source, record, field, message
+        where = ", ".join(
+            f"{label} {value}" for label, value in (("record", record), ("field", field)) if value
+        )
+        prefix = f"{source}: " if source else ""
+        super().__init__(f"{prefix}{where + ': ' if where else ''}{message}")
+
+
+class StoreError(QrmemError):
+    """The database cannot be opened or is not in a usable state."""
+
+
+class SessionConflictError(QrmemError):
+    """A session with this id is already stored for the user with different content."""
+
+
+class NotFoundError(QrmemError):
+    """A user or session does not exist."""
+
+
+class ModelLoadError(QrmemError):
+    """A model could not be found or loaded."""
+
+
+class MissingDependencyError(QrmemError, ModuleNotFoundError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -1,0 +1,110 @@
+"""Tables of the store (SQLAlchemy Core). Migrations in `store.migrations` create and evolve them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# One row per applied migration, by name, in order.
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("external_id", String(200), nullable=False, unique=True),
+    # Bumped on every write to the user's memory; search caches are keyed by it.
+    Column("revision", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("external_id", String(200), nullable=False),
+    Column("date_text", String(200)),
+    Column("position", Integer, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("chunker", String(100), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("user_id", "external_id", name="uq_session_user_external"),
+)
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("speaker", String(200), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("time_text", String(200)),
+    Column("external_id", String(200)),
+    Column("image_caption", Text),
+    UniqueConstraint("session_id", "position", name="uq_turn_position"),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    # Denormalised owner, so per-user reads need no join and isolation is one WHERE clause.
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Index("ix_chunks_user", "user_id"),
+)
+
+chunk_turns = Table(
+    "chunk_turns",
+    metadata,
+    Column("chunk_id", Integer, ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True),
+    Column("turn_id", Integer, ForeignKey("turns.id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_chunk_turns_turn", "turn_id"),
+)
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("chunk_id", Integer, ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True),
+    Column("model", String(300), primary_key=True),
+    Column("dim", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),  # little-endian float32, dim * 4 bytes
+)
+
+summaries = Table(
+    "summaries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE")),
+    Column("kind", String(20), nullable=False),  # "session" | "conversation"
+    Column("version", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("model", String(300)),
+    Column("meta", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_summaries_scope", "user_id", "kind", "session_id", "version"),
+)
