@@ -100,7 +100,7 @@ class HashingEmbedder(Embedder):
         if dim < 1:
             raise InputError(f"hashing embedder dim must be >= 1, got {dim}")
         self.dim = dim
-        self.name = f"hashing-{dim}"
+        self.name = f"hashing:{dim}"  # a spec load_embedder() accepts
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -119,8 +119,9 @@ EMBEDDERS: dict[str, Callable[[str], Embedder]] = {
 
 def load_embedder(spec: str | None = None) -> Embedder:
     """An embedder from a spec: `BACKEND[:ARG]` for a registered backend (`hashing:256`), or else a
-    sentence-transformers model name or path. None gives the embedded default (offline MiniLM)."""
-    if spec is None:
+    sentence-transformers model name or path. None (or the default's stored name) gives the
+    embedded default, the offline MiniLM. Every embedder's `name` is a spec that recreates it."""
+    if spec is None or spec == DEFAULT_EMBEDDER_NAME:
         return SentenceTransformerEmbedder()
     backend, sep, arg = spec.partition(":")
     if sep and backend in EMBEDDERS:

@@ -87,6 +87,10 @@ class Memory:
         """The embedder, created on first use (the model itself loads on first embedding)."""
         if self._embedder is None:
             spec = self._embedder_spec if isinstance(self._embedder_spec, str) else None
+            if spec is None:
+                # Keep using the model the store was built with, when there is exactly one.
+                stored = list(self.store.embedding_models())
+                spec = stored[0] if len(stored) == 1 else None
             self._embedder = load_embedder(spec)
         return self._embedder
 

@@ -166,7 +166,7 @@ def parse_obj(data: Any, source: str, fmt: str = "auto") -> list[SessionIn]:
         first = items[0] if items else None
         if isinstance(first, dict) and "conversation" in first:
             fmt = "locomo"
-        elif isinstance(first, dict) and "sessions" in first:
+        elif isinstance(first, dict) and ("sessions" in first or "user_id" in first):
             fmt = "qrmem"
         else:
             raise InputError("cannot tell the format: expected LoCoMo samples (with 'conversation') "
