@@ -38,13 +38,23 @@ def _loc(loc: Iterable[Any]) -> str:
     return out
 
 
-def _build(source: str, record: str, prefix: str, data: dict[str, Any]) -> SessionIn:
+def _build(source: str, record: str, prefix: str, data: dict[str, Any],
+           turns_at: str | None = None) -> SessionIn:
+    """Validate one session; errors name the field as a path in the input file.
+
+    `turns_at` is where the turns list sits in the file when that is not `<prefix>.turns`.
+    """
     try:
         return SessionIn.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = _loc([*([prefix] if prefix else []), *err["loc"]]) or None
-        raise InputError(err["msg"], source=source, record=record, field=field) from None
+        loc = list(err["loc"])
+        if turns_at is not None and loc[:1] == ["turns"]:
+            field = turns_at + _loc(loc[1:])
+        else:
+            field = _loc([*([prefix] if prefix else []), *loc]) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise InputError(msg, source=source, record=record, field=field) from None
 
 
 def _require(obj: Any, key: str, kind: type | tuple[type, ...], source: str, record: str,
@@ -62,13 +72,13 @@ def _require(obj: Any, key: str, kind: type | tuple[type, ...], source: str, rec
 
 
 def _check_speakers(session: SessionIn, speakers: set[str] | None, source: str, record: str,
-                    prefix: str) -> None:
+                    prefix: str, turns_at: str | None = None) -> None:
     if not speakers:
         return
     for i, turn in enumerate(session.turns):
         if turn.speaker not in speakers:
             raise InputError(f"unknown speaker {turn.speaker!r}; expected one of {sorted(speakers)}",
-                             source=source, record=record, field=f"{prefix}.turns[{i}].speaker")
+                             source=source, record=record, field=f"{turns_at or prefix + '.turns'}[{i}].speaker")
 
 
 # -- LoCoMo -----------------------------------------------------------------------------------------
@@ -110,8 +120,8 @@ def parse_locomo_sample(sample: Any, source: str, index: int) -> list[SessionIn]
         session = _build(source, record, field, {
             "user_id": str(sample_id), "session_id": f"session_{n}", "date": date,
             "position": n, "turns": turns,
-        })
-        _check_speakers(session, speakers, source, record, field)
+        }, turns_at=field)
+        _check_speakers(session, speakers, source, record, field, turns_at=field)
         out.append(session)
     return out
 
