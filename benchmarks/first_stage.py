@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--db", default=None, help="store to (re)use; default: a temporary file")
     ap.add_argument("--embedder", default=None)
+    ap.add_argument("--rrf-k", type=lambda s: [int(x) for x in s.split(",")], default=[10, 60],
+                    help="RRF constants to compare for the hybrid (comma-separated)")
     args = ap.parse_args()
     db = args.db or str(Path(tempfile.mkdtemp()) / "first_stage.db")
     mem = Memory(db, embedder=args.embedder)
@@ -36,8 +38,12 @@ def main() -> None:
           f"(embedding {report.embed_seconds:.1f}s, database {report.write_seconds:.1f}s)")
     questions = locomo_questions(json.loads(Path(args.data).read_text()))
     print(f"{len(questions)} questions (category 5 excluded)")
-    print(f"{'mode':8s} " + " ".join(f"R@{k:<4d}" for k in KS) + " nDCG@10  ms/query")
-    for mode in ("dense", "bm25", "hybrid"):
+    print(f"{'first stage':13s} " + " ".join(f"R@{k:<4d}" for k in KS) + " nDCG@10  ms/query")
+    default_k = mem.rrf_k
+    runs = [("dense", None), ("bm25", None)] + [("hybrid", k) for k in args.rrf_k]
+    for mode, rrf_k in runs:
+        mem.rrf_k = rrf_k or default_k
+        label = mode if rrf_k is None else f"hybrid k={rrf_k}"
         rec = {k: [] for k in KS}
         nd = []
         t0 = time.perf_counter()
@@ -48,7 +54,7 @@ def main() -> None:
                 rec[k].append(recall_at_k(ids, q.evidence, k))
             nd.append(ndcg_at_k(ids, q.evidence, 10))
         ms = (time.perf_counter() - t0) * 1000 / len(questions)
-        print(f"{mode:8s} " + " ".join(f"{np.mean(rec[k]):.3f} " for k in KS)
+        print(f"{label:13s} " + " ".join(f"{np.mean(rec[k]):.3f} " for k in KS)
               + f" {np.mean(nd):.3f}   {ms:.1f}")
 
 

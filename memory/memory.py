@@ -71,7 +71,7 @@ class Memory:
 
     def __init__(self, db: str | os.PathLike[str] | Store | None = None, *,
                  embedder: Embedder | str | None = None, chunker: Chunker | str = "turn",
-                 first_stage: SearchMode = "hybrid", rrf_k: int = 60) -> None:
+                 first_stage: SearchMode = "hybrid", rrf_k: int = 10) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(db)

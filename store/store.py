@@ -157,22 +157,19 @@ class Store:
                     user_id=user_pk, external_id=session.session_id, date_text=session.date,
                     position=position, content_hash=digest, chunker=chunker,
                     created_at=_now())).inserted_primary_key[0]
-                turn_pks = [
-                    conn.execute(t.turns.insert().values(
-                        session_id=session_pk, position=i, speaker=turn.speaker, text=turn.text,
-                        time_text=turn.time, image_caption=turn.image_caption,
-                        external_id=turn.id if turn.id is not None else f"{session.session_id}:{i + 1}",
-                    )).inserted_primary_key[0]
-                    for i, turn in enumerate(session.turns)
-                ]
-                chunk_pks = []
-                for i, chunk in enumerate(chunks):
-                    pk = conn.execute(t.chunks.insert().values(
-                        session_id=session_pk, user_id=user_pk, position=i, text=chunk.text
-                    )).inserted_primary_key[0]
-                    chunk_pks.append(pk)
-                    conn.execute(t.chunk_turns.insert(), [
-                        {"chunk_id": pk, "turn_id": turn_pks[p]} for p in chunk.turn_positions])
+                turn_pks = list(conn.scalars(
+                    t.turns.insert().returning(t.turns.c.id, sort_by_parameter_order=True),
+                    [{"session_id": session_pk, "position": i, "speaker": turn.speaker,
+                      "text": turn.text, "time_text": turn.time, "image_caption": turn.image_caption,
+                      "external_id": turn.id if turn.id is not None else f"{session.session_id}:{i + 1}"}
+                     for i, turn in enumerate(session.turns)]))
+                chunk_pks = list(conn.scalars(
+                    t.chunks.insert().returning(t.chunks.c.id, sort_by_parameter_order=True),
+                    [{"session_id": session_pk, "user_id": user_pk, "position": i, "text": c.text}
+                     for i, c in enumerate(chunks)]))
+                conn.execute(t.chunk_turns.insert(), [
+                    {"chunk_id": pk, "turn_id": turn_pks[p]}
+                    for pk, c in zip(chunk_pks, chunks, strict=True) for p in c.turn_positions])
                 if vectors is not None and embedding_model is not None:
                     self._insert_embeddings(conn, embedding_model, chunk_pks, vectors)
                 self._bump(conn, user_pk)
