@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -38,6 +39,9 @@ class BM25Index:
     def __init__(self, texts: Sequence[str], *, k1: float = 1.5, b: float = 0.75,
                  method: str = "lucene") -> None:
         import bm25s
+
+        # bm25s sets its own logger to DEBUG on import; let the application's config decide.
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
         self.size = len(texts)
         self._bm25 = bm25s.BM25(k1=k1, b=b, method=method)
