@@ -1,0 +1,76 @@
+"""QR head lists: `"layer-head"` strings (0-based), head files, and the shipped defaults."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from store.errors import InputError
+
+_HEAD = re.compile(r"\s*(\d+)\s*[-:]\s*(\d+)\s*")
+DEFAULT_HEADS_FILE = "smollm2-135m-instruct.heads.json"
+
+
+@dataclass(frozen=True, order=True)
+class Head:
+    layer: int
+    head: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}-{self.head}"
+
+
+HeadSpec = str | Iterable[str | Head | tuple[int, int] | Sequence[int]]
+
+
+def parse_heads(spec: HeadSpec) -> tuple[Head, ...]:
+    """Heads from `"20-15,21-11"`, a list of such strings, (layer, head) pairs or `Head`s; order kept."""
+    items: Iterable[Any] = spec.split(",") if isinstance(spec, str) else spec
+    out: list[Head] = []
+    for item in items:
+        if isinstance(item, Head):
+            head = item
+        elif isinstance(item, str):
+            m = _HEAD.fullmatch(item)
+            if not m:
+                raise InputError(f"bad head {item!r}: write heads as LAYER-HEAD, e.g. 20-15")
+            head = Head(int(m.group(1)), int(m.group(2)))
+        elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(x, int) for x in item):
+            head = Head(int(item[0]), int(item[1]))
+        else:
+            raise InputError(f"bad head {item!r}: write heads as LAYER-HEAD, e.g. 20-15")
+        if head not in out:
+            out.append(head)
+    if not out:
+        raise InputError("the head list is empty")
+    return tuple(out)
+
+
+def check_heads(heads: Sequence[Head], n_layers: int, n_heads: int, model: str) -> None:
+    for h in heads:
+        if not (0 <= h.layer < n_layers and 0 <= h.head < n_heads):
+            raise InputError(f"head {h} is outside {model}: it has {n_layers} layers x {n_heads} "
+                             "heads (0-based LAYER-HEAD)")
+
+
+def read_head_file(path: str | Path) -> dict[str, Any]:
+    """A head file: JSON with `"heads": ["layer-head", ...]` best first, plus whatever produced it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: head file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: malformed JSON: {exc.msg}") from None
+    if not isinstance(data, dict) or "heads" not in data:
+        raise InputError(f"{path}: a head file is a JSON object with a 'heads' list")
+    data["heads"] = [str(h) for h in parse_heads(data["heads"])]
+    return data
+
+
+def default_head_file() -> Path:
+    return Path(str(resources.files("memory.qr") / "data" / DEFAULT_HEADS_FILE))

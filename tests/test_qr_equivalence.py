@@ -1,0 +1,112 @@
+"""The fast QR path (cut model, query rows only, shared KV prefix) equals a naive reference that runs
+the full model with eager attention and output_attentions=True, on tiny random Llama and Qwen3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from memory.qr import QRRanker  # noqa: E402
+from memory.qr.prompt import NULL_QUERY, chat_opening  # noqa: E402
+
+CORPUS = [
+    "Caroline went to a support group yesterday and it was powerful.",
+    "Melanie painted a sunrise over the lake in 2022.",
+    "The kitten is called Miso and she is a grey tabby.",
+    "Ben is training for the Lisbon marathon in October.",
+    "Here are some retrieved chunks. Use the retrieved chunks to answer the user's query. Query: N/A",
+    "What did Caroline do? When did Melanie paint? Which marathon?",
+]
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def build(kind: str, root: Path) -> Path:
+    tok = tiny_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(**common)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen3Config(**common, head_dim=16)
+        model = transformers.Qwen3ForCausalLM(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger weights than the default init, so attention is far from uniform
+        for p in model.parameters():
+            p.normal_(0, 0.3 if p.ndim > 1 else 0.02)
+    path = root / kind
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def naive_head_scores(path: Path, ranker: QRRanker, query: str, docs: list[str], calibrate: bool):
+    """Full model, eager attention, output_attentions, a separate full pass for the null query."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    opening = chat_opening(ranker.tokenizer)
+    from memory.qr.prompt import build_layout
+
+    def per_head(q: str) -> np.ndarray:
+        lay = build_layout(ranker.tokenizer, opening, q, docs)
+        with torch.no_grad():
+            out = model(torch.tensor([lay.input_ids]), output_attentions=True)
+        s, e = lay.query_span
+        res = np.zeros((len(out.attentions), model.config.num_attention_heads, len(docs)))
+        for layer, att in enumerate(out.attentions):  # (1, H, T, T)
+            rows = att[0, :, s:e, :].double().mean(1)  # (H, T)
+            for i, (a, b) in enumerate(lay.chunk_spans):
+                res[layer, :, i] = rows[:, a:b].sum(-1).numpy()
+        return res
+
+    raw = per_head(query)
+    return raw, (raw - per_head(NULL_QUERY)) if calibrate else raw
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_fast_path_matches_naive_reference(kind: str, tmp_path: Path) -> None:
+    path = build(kind, tmp_path)
+    ranker = QRRanker.load(str(path), heads="1-0,3-3", all_layers=True, dtype="float32")
+    prompts = [
+        ("When did Melanie paint a sunrise?", CORPUS[:4]),
+        ("kitten name", [CORPUS[2], CORPUS[0]]),
+        ("Which marathon is Ben training for?", CORPUS[:3] + [CORPUS[3] + " " + CORPUS[1]]),
+    ]
+    for query, docs in prompts:
+        for calibrate in (False, True):
+            ranker.config.calibrate = calibrate
+            fast = ranker.head_scores(query, docs)
+            raw, cal = naive_head_scores(path, ranker, query, docs, calibrate)
+            np.testing.assert_allclose(fast.raw, raw, atol=1e-4, rtol=0)
+            np.testing.assert_allclose(fast.calibrated, cal, atol=1e-4, rtol=0)
+            assert np.abs(raw).max() > 1e-3  # the check is not vacuous
+
+
+@pytest.mark.parametrize("kind", ["llama"])
+def test_cut_model_scores_like_the_full_one(kind: str, tmp_path: Path) -> None:
+    """Loading only the layers up to the last head changes nothing in the scores."""
+    path = build(kind, tmp_path)
+    cut = QRRanker.load(str(path), heads="1-0,1-3", dtype="float32")
+    full = QRRanker.load(str(path), heads="1-0,1-3", dtype="float32", all_layers=True)
+    assert len(cut.model.layers) == 2 and len(full.model.layers) == 4
+    docs = CORPUS[:4]
+    np.testing.assert_allclose(cut.score("kitten", docs), full.score("kitten", docs), atol=1e-6)
+    ranked = cut.rank("kitten", docs)
+    assert [r.index for r in ranked] == list(np.argsort(-np.array(cut.score("kitten", docs)), kind="stable"))
+    assert ranked.top_k(2)[0].rank == 1 and ranked[0].text == docs[ranked[0].index]
