@@ -50,7 +50,10 @@ def build(kind: str, root: Path) -> Path:
     torch.manual_seed(0)
     with torch.no_grad():  # larger weights than the default init, so attention is far from uniform
         for p in model.parameters():
-            p.normal_(0, 0.3 if p.ndim > 1 else 0.02)
+            if p.ndim > 1:
+                p.normal_(0, 0.3)
+            else:  # norm weights near 1
+                p.normal_(1, 0.1)
     path = root / kind
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -95,7 +98,7 @@ def test_fast_path_matches_naive_reference(kind: str, tmp_path: Path) -> None:
             raw, cal = naive_head_scores(path, ranker, query, docs, calibrate)
             np.testing.assert_allclose(fast.raw, raw, atol=1e-4, rtol=0)
             np.testing.assert_allclose(fast.calibrated, cal, atol=1e-4, rtol=0)
-            assert np.abs(raw).max() > 1e-3  # the check is not vacuous
+            assert raw.max() > 0.1 and raw.std() > 0.01  # peaked attention: the check has teeth
 
 
 @pytest.mark.parametrize("kind", ["llama"])
