@@ -71,3 +71,36 @@ def locomo_questions(data: Any, *, exclude_categories: Iterable[int] = (5,),
             out.append(LocomoQuestion(str(sample["sample_id"]), str(qa["question"]),
                                       None if answer is None else str(answer), cat, ev))
     return out
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A query with its first-stage candidates, as a reranker sees them, and the gold ids."""
+
+    question: LocomoQuestion
+    texts: tuple[str, ...]
+    dates: tuple[str | None, ...]
+    turn_ids: tuple[tuple[str, ...], ...]
+
+    def gold_mask(self) -> list[bool]:
+        gold = set(self.question.evidence)
+        return [bool(gold.intersection(ids)) for ids in self.turn_ids]
+
+
+def first_stage_candidates(memory: Any, questions: Sequence[LocomoQuestion], k: int,
+                           mode: str | None = None) -> list[Candidates]:
+    """The first-stage top-k of each question from `memory` (a `Memory`), in first-stage order."""
+    out = []
+    for q in questions:
+        hits = memory.search(q.user_id, q.question, k=k, mode=mode)
+        out.append(Candidates(q, tuple(h.text for h in hits), tuple(h.session_date for h in hits),
+                              tuple(h.turn_ids for h in hits)))
+    return out
+
+
+def ndcg_from_scores(scores: Sequence[float], gold: Sequence[bool], k: int = 10) -> float:
+    """nDCG@k of one candidate list ranked by `scores` against binary per-candidate relevance."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+    dcg = sum(1.0 / math.log2(r + 2) for r, i in enumerate(order) if gold[i])
+    ideal = sum(1.0 / math.log2(r + 2) for r in range(min(sum(gold), k)))
+    return dcg / ideal if ideal else 0.0

@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from store import (
 from .embedders import Embedder, load_embedder
 from .fusion import dense_scores, rrf, top_k
 from .lexical import BM25Index
+from .rerankers import Reranker, load_reranker
 from .types import IngestReport, SearchHit
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 SearchMode = Literal["hybrid", "dense", "bm25"]
 SEARCH_MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
 EMBED_GROUP = 256  # chunks embedded together across sessions on ingest
+DEFAULT_RERANK_K = 20  # first-stage candidates the reranker sees (see README: QRRanker figures)
 
 
 def index_text(chunk: ChunkRecord | None = None, *, text: str = "", date: str | None = None) -> str:
@@ -71,7 +73,8 @@ class Memory:
 
     def __init__(self, db: str | os.PathLike[str] | Store | None = None, *,
                  embedder: Embedder | str | None = None, chunker: Chunker | str = "turn",
-                 first_stage: SearchMode = "hybrid", rrf_k: int = 10) -> None:
+                 first_stage: SearchMode = "hybrid", rrf_k: int = 10,
+                 reranker: Reranker | str | None = None, rerank_k: int = DEFAULT_RERANK_K) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(db)
@@ -80,6 +83,11 @@ class Memory:
         self.chunker = make_chunker(chunker) if isinstance(chunker, str) else chunker
         self.first_stage = first_stage
         self.rrf_k = rrf_k
+        if rerank_k < 1:
+            raise InputError(f"rerank_k must be >= 1, got {rerank_k}")
+        self.rerank_k = rerank_k
+        self._reranker_spec = reranker
+        self._reranker: Reranker | None = reranker if isinstance(reranker, Reranker) else None
         self._index: dict[str, _UserIndex] = {}
 
     @property
@@ -93,6 +101,15 @@ class Memory:
                 spec = stored[0] if len(stored) == 1 else None
             self._embedder = load_embedder(spec)
         return self._embedder
+
+    @property
+    def reranker(self) -> Reranker:
+        """The reranker for `search(rerank=True)`: the one given, else the embedded QRRanker
+        (loaded on first use)."""
+        if self._reranker is None:
+            spec = self._reranker_spec if isinstance(self._reranker_spec, str) else "qr"
+            self._reranker = load_reranker(spec)
+        return self._reranker
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -192,9 +209,24 @@ class Memory:
 
     # -- search -----------------------------------------------------------------------------------
 
-    def search(self, user_id: str, query: str, k: int = 10, *,
-               mode: SearchMode | None = None) -> list[SearchHit]:
-        """The user's `k` best chunks for `query`, best first (first stage: hybrid by default)."""
+    def search(self, user_id: str, query: str, k: int = 10, *, mode: SearchMode | None = None,
+               rerank: bool = False, rerank_k: int | None = None) -> list[SearchHit]:
+        """The user's `k` best chunks for `query`, best first (first stage: hybrid by default).
+
+        With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
+        listwise by `self.reranker` with each chunk's session date as context, and the best `k`
+        of them are returned with the reranker's scores.
+        """
+        if rerank:
+            pool = rerank_k or self.rerank_k
+            if pool < 1:
+                raise InputError(f"rerank_k must be >= 1, got {pool}")
+            first = self.search(user_id, query, k=max(pool, 1), mode=mode)
+            if not first:
+                return []
+            ranked = self.reranker.rank(query, [h.text for h in first],
+                                        contexts=[h.session_date for h in first])
+            return [replace(first[r.index], rank=r.rank, score=r.score) for r in ranked.top_k(k)]
         mode = mode or self.first_stage
         if mode not in SEARCH_MODES:
             raise InputError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")

@@ -49,10 +49,30 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def open_memory(db: str | None, embedder: str | None = None, chunker: str = "turn") -> Memory:
+def open_memory(db: str | None, embedder: str | None = None, chunker: str = "turn",
+                reranker=None) -> Memory:  # noqa: ANN001
     from memory import Memory
 
-    return Memory(db, embedder=embedder, chunker=chunker)
+    return Memory(db, embedder=embedder, chunker=chunker, reranker=reranker)
+
+
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="reranker LM: local dir, .gguf file or hub id [default: embedded SmolLM2]")]
+HeadsOpt = Annotated[str | None, typer.Option(
+    "--heads", help="QR heads as LAYER-HEAD,... or a head-file .json [default: the model's own]")]
+NoCalOpt = Annotated[bool, typer.Option("--no-calibrate", help="skip the null-query calibration")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... [default: auto]")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16, float16")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code",
+                                        help="run code shipped with a hub model (needed by MindscapeRAG/QRRanker)")]
+
+
+def load_qr(model: str | None, heads: str | None, no_calibrate: bool, device: str | None, dtype: str,
+            trust_remote_code: bool):  # noqa: ANN201
+    from memory import QRRanker
+
+    return QRRanker.load(model, heads=heads, device=device, dtype=dtype,
+                         trust_remote_code=trust_remote_code, calibrate=not no_calibrate)
 
 
 def _print_json(obj: Any) -> None:
@@ -104,10 +124,21 @@ def search(
     k: Annotated[int, typer.Option("--k", "-k", help="number of hits")] = 10,
     mode: Annotated[str, typer.Option(help="hybrid, dense or bm25")] = "hybrid",
     embedder: EmbedderOpt = None,
+    rerank: Annotated[bool, typer.Option("--rerank", help="rerank the first stage with QRRanker")] = False,
+    rerank_k: Annotated[int, typer.Option("--rerank-k", help="first-stage candidates to rerank")] = 20,
+    model: ModelOpt = None,
+    heads: HeadsOpt = None,
+    no_calibrate: NoCalOpt = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search one user's memory; best hits first."""
-    hits = open_memory(db, embedder).search(user, query, k=k, mode=mode)  # type: ignore[arg-type]
+    """Search one user's memory; best hits first. --rerank reorders the first-stage top
+    --rerank-k with QRRanker (the embedded SmolLM2 unless --model)."""
+    ranker = load_qr(model, heads, no_calibrate, device, dtype, trust_remote_code) if rerank else None
+    hits = open_memory(db, embedder, reranker=ranker).search(  # type: ignore[arg-type]
+        user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k)
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
@@ -116,6 +147,83 @@ def search(
     for h in hits:
         typer.echo(f"{h.rank:3d}. {h.score:.4f} [{h.session_id}, {h.session_date or 'no date'}] "
                    f"{','.join(h.turn_ids)}  {h.text}")
+
+
+@app.command()
+@handle_errors
+def rank(
+    file: Annotated[Path, typer.Argument(
+        help="candidates: a JSON list of strings or {text, context?} objects, or a text file with "
+             "one per line; or QRRanker records {question, paragraphs: [{paragraph_text, title?}]}")],
+    query: Annotated[str | None, typer.Option("--query", "-q", help="the query (not for records)")] = None,
+    k: Annotated[int | None, typer.Option("--k", "-k", help="show only the best k")] = None,
+    model: ModelOpt = None,
+    heads: HeadsOpt = None,
+    no_calibrate: NoCalOpt = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rerank candidates for a query with QRRanker (listwise, one prompt)."""
+    from memory.qr.records import read_rank_input
+
+    jobs = read_rank_input(file, query)
+    ranker = load_qr(model, heads, no_calibrate, device, dtype, trust_remote_code)
+    out = []
+    for job in jobs:
+        ranked = ranker.rank(job.query, job.texts, contexts=job.contexts, summary=job.summary)
+        rows = [{"rank": r.rank, "index": r.index, "score": r.score, "text": r.text}
+                for r in ranked.top_k(k or len(ranked))]
+        out.append({"id": job.id, "query": job.query, "results": rows})
+    if as_json:
+        _print_json(out if len(out) > 1 or out[0]["id"] is not None else out[0]["results"])
+        return
+    for job in out:
+        typer.echo(f"query: {job['query']}" + (f"  (id {job['id']})" if job["id"] is not None else ""))
+        for row in job["results"]:
+            typer.echo(f"{row['rank']:3d}. {row['score']:+.4f} [{row['index']}] {row['text']}")
+
+
+heads_app = typer.Typer(no_args_is_help=True, help="Find the QR heads of a causal LM.")
+app.add_typer(heads_app, name="heads")
+
+
+@heads_app.command("detect")
+@handle_errors
+def heads_detect(
+    data: Annotated[Path, typer.Option("--data", help="LoCoMo file, or QRRanker records (JSON/JSONL)")],
+    out: Annotated[Path, typer.Option("--out", help="head file to write (a .png heatmap lands beside it)")],
+    method: Annotated[str, typer.Option("--method", help="qr (per-head nDCG@10) or core (contrastive)")] = "qr",
+    limit: Annotated[int, typer.Option("--limit", help="seed queries to use (with a gold candidate)")] = 64,
+    top: Annotated[int, typer.Option("--top", help="heads to keep")] = 16,
+    k: Annotated[int, typer.Option("--k", help="LoCoMo: first-stage candidates per question")] = 20,
+    conversations: Annotated[str | None, typer.Option(help="only these groups/conversations (comma-separated)")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="LoCoMo: store to ingest into [default: a temp file]")] = None,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Score every (layer, head) on seed queries and write the best as a head list."""
+    from memory import QRRanker
+    from memory.qr import data as qdata
+    from memory.qr.detect import METHODS, detect, write
+
+    if method not in METHODS:
+        raise _fail(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    groups = conversations.split(",") if conversations else None
+    records = qdata.sample(qdata.load_records(data, k=k, db=db, conversations=groups), limit, seed)
+    ranker = QRRanker.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                           all_layers=True)
+    det = detect(ranker, records, method=method, top=top, seed=seed, progress=sys.stderr.isatty(),
+                 meta={"seed_data": data.name, "k": k, "limit": limit, "sampling_seed": seed,
+                       "groups": sorted({r.split_key for r in records})})
+    head_file, png = write(det, out)
+    typer.echo(f"{len(det.heads)} heads by {method} on {det.queries} queries: {', '.join(map(str, det.heads))}")
+    typer.echo(f"top-{top} overlap across random halves of the queries: {det.stability:.2f}")
+    typer.echo(f"wrote {head_file} and {png}")
 
 
 @app.command()

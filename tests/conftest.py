@@ -42,3 +42,70 @@ def hashing():
     from memory import HashingEmbedder
 
     return HashingEmbedder(256)
+
+
+# -- tiny random causal LMs (no download): a byte-level BPE trained here and a 4-layer model ----------
+
+TINY_CORPUS = [
+    "Caroline went to a support group yesterday and it was powerful.",
+    "Melanie painted a sunrise over the lake in 2022.",
+    "The kitten is called Miso and she is a grey tabby.",
+    "Ben is training for the Lisbon marathon in October.",
+    "Here are some retrieved chunks. Use the retrieved chunks to answer the user's query. Query: N/A",
+    "What did Caroline do? When did Melanie paint? Which marathon?",
+]
+
+
+def _tiny_tokenizer():  # noqa: ANN202
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TINY_CORPUS * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def _build_tiny_lm(kind: str, root: Path) -> Path:
+    import torch
+    import transformers
+
+    tok = _tiny_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(**common)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen3Config(**common, head_dim=16)
+        model = transformers.Qwen3ForCausalLM(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger weights than the default init, so attention is far from uniform
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.normal_(0, 0.3)
+            else:  # norm weights near 1
+                p.normal_(1, 0.1)
+    path = root / kind
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """Factory: the directory of a tiny random `llama` or `qwen3` model with its tokenizer."""
+    pytest.importorskip("torch")
+    made: dict[str, Path] = {}
+
+    def make(kind: str = "llama") -> Path:
+        if kind not in made:
+            made[kind] = _build_tiny_lm(kind, tmp_path_factory.mktemp("tiny"))
+        return made[kind]
+
+    return make

@@ -19,45 +19,7 @@ CORPUS = [
     "Melanie painted a sunrise over the lake in 2022.",
     "The kitten is called Miso and she is a grey tabby.",
     "Ben is training for the Lisbon marathon in October.",
-    "Here are some retrieved chunks. Use the retrieved chunks to answer the user's query. Query: N/A",
-    "What did Caroline do? When did Melanie paint? Which marathon?",
 ]
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 5, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
-
-
-def build(kind: str, root: Path) -> Path:
-    tok = tiny_tokenizer()
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    if kind == "llama":
-        cfg = transformers.LlamaConfig(**common)
-        model = transformers.LlamaForCausalLM(cfg)
-    else:
-        cfg = transformers.Qwen3Config(**common, head_dim=16)
-        model = transformers.Qwen3ForCausalLM(cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():  # larger weights than the default init, so attention is far from uniform
-        for p in model.parameters():
-            if p.ndim > 1:
-                p.normal_(0, 0.3)
-            else:  # norm weights near 1
-                p.normal_(1, 0.1)
-    path = root / kind
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def naive_head_scores(path: Path, ranker: QRRanker, query: str, docs: list[str], calibrate: bool):
@@ -83,8 +45,8 @@ def naive_head_scores(path: Path, ranker: QRRanker, query: str, docs: list[str],
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
-def test_fast_path_matches_naive_reference(kind: str, tmp_path: Path) -> None:
-    path = build(kind, tmp_path)
+def test_fast_path_matches_naive_reference(kind: str, tiny_lm) -> None:
+    path = tiny_lm(kind)
     ranker = QRRanker.load(str(path), heads="1-0,3-3", all_layers=True, dtype="float32")
     prompts = [
         ("When did Melanie paint a sunrise?", CORPUS[:4]),
@@ -102,9 +64,9 @@ def test_fast_path_matches_naive_reference(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["llama"])
-def test_cut_model_scores_like_the_full_one(kind: str, tmp_path: Path) -> None:
+def test_cut_model_scores_like_the_full_one(kind: str, tiny_lm) -> None:
     """Loading only the layers up to the last head changes nothing in the scores."""
-    path = build(kind, tmp_path)
+    path = tiny_lm(kind)
     cut = QRRanker.load(str(path), heads="1-0,1-3", dtype="float32")
     full = QRRanker.load(str(path), heads="1-0,1-3", dtype="float32", all_layers=True)
     assert len(cut.model.layers) == 2 and len(full.model.layers) == 4

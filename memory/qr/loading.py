@@ -232,9 +232,10 @@ def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn
     base = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(base, "layers", None)
     if layers is None or not all(getattr(layer, "self_attn", None) is not None for layer in layers):
-        raise InputError(f"{source.label} has no standard decoder layers (.layers[i].self_attn)")
+        raise InputError(f"{source.label} is not a decoder-only causal LM with standard decoder layers "
+                         "(.layers[i].self_attn); QRRanker needs one (Llama, Qwen2, Qwen3, ...)")
     if not all(getattr(layer.self_attn, "is_causal", True) for layer in layers):
-        raise InputError(f"{source.label} is not a causal (decoder-only) model")
+        raise InputError(f"{source.label} is not a decoder-only (causal) model")
     del layers[n_layers:]
     base.norm = torch.nn.Identity()  # nothing reads the final hidden states
     base.set_attn_implementation(register(attn))

