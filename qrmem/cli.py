@@ -228,6 +228,65 @@ def heads_detect(
 
 @app.command()
 @handle_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="LoCoMo file, or QRRanker records (JSON/JSONL)")],
+    out: Annotated[Path, typer.Option("--out", help="model directory to write (QRRanker.load(DIR))")],
+    model: ModelOpt = None,
+    heads: HeadsOpt = None,
+    val_conversations: Annotated[str | None, typer.Option(
+        help="validation groups/conversations (comma-separated) [default: a third, by seed]")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many training queries")] = None,
+    val_limit: Annotated[int | None, typer.Option(help="at most this many validation queries")] = None,
+    k: Annotated[int, typer.Option("--k", help="LoCoMo: first-stage candidates per question")] = 20,
+    db: Annotated[str | None, typer.Option("--db", help="LoCoMo: store to ingest into [default: a temp file]")] = None,
+    method: Annotated[str, typer.Option(help="lora or attention (train the projections themselves)")] = "lora",
+    epochs: Annotated[int, typer.Option()] = 1,
+    lr: Annotated[float, typer.Option()] = 2e-4,
+    grad_accum: Annotated[int, typer.Option(help="queries per optimizer step")] = 8,
+    lora_r: Annotated[int, typer.Option()] = 8,
+    layers_from: Annotated[int | None, typer.Option(help="lowest layer to train [default: lowest QR layer - 2]")] = None,
+    temperature: Annotated[float, typer.Option(help="softmax temperature of the listwise loss")] = 0.1,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Train QR heads listwise (group-wise contrastive loss on max-min normalised QR scores).
+
+    Splits by conversation, never by question; validates each epoch; checkpoints every optimizer
+    step (resume with --resume); writes a directory that `QRRanker.load(DIR)` and --model accept.
+    """
+    from memory import QRRanker
+    from memory.qr import data as qdata
+    from memory.qr.train import TrainConfig
+    from memory.qr.train import train as run_training
+
+    cfg = TrainConfig(method=method, epochs=epochs, lr=lr, grad_accum=grad_accum, lora_r=lora_r,
+                      lora_alpha=2 * lora_r, layers_from=layers_from, temperature=temperature,
+                      max_steps=max_steps, seed=seed, gradient_checkpointing=gradient_checkpointing)
+    records = qdata.load_records(data, k=k, db=db)
+    val_groups = val_conversations.split(",") if val_conversations else None
+    train_recs, val_recs = qdata.split_by_group(records, val_groups, seed=seed)
+    train_recs = qdata.sample(train_recs, limit, seed)
+    val_recs = qdata.sample(val_recs, val_limit, seed)
+    typer.echo(f"training on {len(train_recs)} queries ({len({r.split_key for r in train_recs})} groups), "
+               f"validating on {len(val_recs)} ({', '.join(sorted({r.split_key for r in val_recs}))})")
+    ranker = QRRanker.load(model, heads=heads, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    base = str(Path(model).resolve()) if model and Path(model).exists() else model
+    report = run_training(ranker, train_recs, val_recs, out, cfg, base=base, resume=resume,
+                          progress=sys.stderr.isatty())
+    typer.echo(f"before training: {report.baseline}")
+    for ep in report.epochs:
+        typer.echo(f"epoch {ep.epoch}: loss {ep.train_loss:.4f}, {ep.seconds_per_query:.2f}s/query, "
+                   f"validation {ep.val}")
+    typer.echo(f"wrote {out} in {report.seconds:.0f}s")
+
+
+@app.command()
+@handle_errors
 def sessions(user: UserOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List a user's sessions in conversation order."""
     rows = open_memory(db).sessions(user)

@@ -128,6 +128,8 @@ def resolve(name_or_path: str | os.PathLike[str] | None) -> Source:
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {text!r} not found")
         return Source(str(gguf_to_dir(path)), path.name)
+    if path.is_dir() and (path / "qrmem_ranker.json").is_file():
+        return Source(str(path), path.name)  # a trained QRRanker directory
     if path.is_dir():
         heads = path / HEADS_IN_DIR
         return Source(str(path), path.name, heads if heads.is_file() else None)
@@ -241,6 +243,12 @@ def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn
     base.set_attn_implementation(register(attn))
     base.eval().to(device)
     return base, tokenizer
+
+
+def trained_manifest(source: Source) -> dict | None:
+    """The manifest of a directory written by `qrmem train`, if `source` is one."""
+    path = Path(source.path) / "qrmem_ranker.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_dir_heads(source: Source) -> list[str] | None:

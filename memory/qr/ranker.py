@@ -95,6 +95,11 @@ class QRRanker(Reranker):
             log.warning("trust_remote_code=True: code shipped with %s will run on this machine",
                         name_or_path)
         source = loading.resolve(name_or_path)
+        trained = loading.trained_manifest(source)
+        if trained is not None:
+            return cls._load_trained(source, trained, heads=heads, device=device, dtype=dtype,
+                                     attn_implementation=attn_implementation,
+                                     trust_remote_code=trust_remote_code, **options)
         config = loading.load_config(source, trust_remote_code)
         loading.check_decoder_only(config, source.label)
         head_list = _resolve_heads(heads, source, config, name_or_path is None)
@@ -112,6 +117,20 @@ class QRRanker(Reranker):
             attn=loading.pick_attention(attn_implementation, dev), trust_remote_code=trust_remote_code)
         cfg = QRConfig(heads=[str(h) for h in parsed], **options)
         return cls(model, tokenizer, cfg, name=source.label, n_model_layers=n_model_layers)
+
+    @classmethod
+    def _load_trained(cls, source: Any, manifest: dict[str, Any], *, heads: HeadSpec | None,
+                      **kwargs: Any) -> QRRanker:
+        """A directory written by `qrmem train`: its base model, its heads, its trained weights."""
+        from pathlib import Path
+
+        from .train import apply_trained
+
+        heads = heads if heads is not None else manifest["heads"]
+        ranker = cls.load(manifest.get("base"), heads=heads, **kwargs)
+        apply_trained(ranker.model, Path(source.path), manifest)
+        ranker.name = source.label
+        return ranker
 
     # -- scoring --------------------------------------------------------------------------------------
 
@@ -223,6 +242,25 @@ class QRRanker(Reranker):
         with capturing(frozenset(layers), q_rows) as cap:
             self.model(input_ids=ids[:, prefix:], past_key_values=cache, use_cache=True)
         return torch.stack([cap.out[layer][:, :prefix] for layer in layers]), cache
+
+
+def full_pass_head_scores(ranker: QRRanker, layout: PromptLayout, cap: Any) -> Any:
+    """(L, H, N) raw per-head chunk scores from one pass over the whole prompt, no cache and no
+    inference mode: the differentiable path used by training (same capture and scoring code).
+
+    Call it inside `capturing(layers, slice(*layout.query_span))` and keep that context open
+    through `backward()`, so that gradient checkpointing recomputes the same operations.
+    """
+    import torch
+
+    from .scoring import chunk_mass, span_index
+
+    device = next(ranker.model.parameters()).device
+    ids = torch.tensor([layout.input_ids], device=device)
+    ranker.model(input_ids=ids, use_cache=False)
+    prefix = layout.prefix_len
+    tok = torch.stack([cap.out[layer][:, :prefix] for layer in sorted(cap.layers)])  # (L, H, P)
+    return chunk_mass(tok, span_index(layout.chunk_spans, prefix, device), len(layout.chunk_spans))
 
 
 def _resolve_heads(heads: HeadSpec | None, source: Any, config: Any, embedded: bool) -> list[str] | None:
