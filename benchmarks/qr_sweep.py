@@ -67,7 +67,9 @@ def main() -> None:
     ap.add_argument("--eval-questions", type=int, default=160)
     ap.add_argument("--eval50-questions", type=int, default=80)
     ap.add_argument("--out-heads", default=None, help="write the chosen head list here")
-    ap.add_argument("--n-heads", type=int, default=8)
+    ap.add_argument("--n-heads", type=int, default=4)
+    ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=False,
+                    help="scoring recorded in the head file (raw scored best for SmolLM2's top heads)")
     args = ap.parse_args()
 
     mem = Memory(args.db)
@@ -135,11 +137,12 @@ def main() -> None:
         heads = top_heads(q_qr, args.n_heads)
         Path(args.out_heads).write_text(json.dumps({
             "model": "SmolLM2-135M-Instruct", "method": "qr", "heads": [str(h) for h in heads],
+            "scoring": {"calibrate": args.calibrate},
             "seed": {"data": Path(args.data).name, "conversations": sorted(seed_convs),
                      "questions": len(seed_q), "k": 20, "context": "session date"},
             "scores": {str(h): round(float(q_qr[h.layer, h.head]), 4) for h in top_heads(q_qr, 32)},
             "command": "python benchmarks/qr_sweep.py --db DB --out-heads FILE --n-heads "
-                       f"{args.n_heads}",
+                       f"{args.n_heads} --{'' if args.calibrate else 'no-'}calibrate",
         }, indent=1) + "\n")
         print(f"wrote {args.out_heads}")
 

@@ -60,19 +60,21 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="reranker LM: local dir, .gguf file or hub id [default: embedded SmolLM2]")]
 HeadsOpt = Annotated[str | None, typer.Option(
     "--heads", help="QR heads as LAYER-HEAD,... or a head-file .json [default: the model's own]")]
-NoCalOpt = Annotated[bool, typer.Option("--no-calibrate", help="skip the null-query calibration")]
+CalOpt = Annotated[bool | None, typer.Option(
+    "--calibrate/--no-calibrate", help="null-query calibration [default: as the head list was chosen]")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... [default: auto]")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16, float16")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code",
                                         help="run code shipped with a hub model (needed by MindscapeRAG/QRRanker)")]
 
 
-def load_qr(model: str | None, heads: str | None, no_calibrate: bool, device: str | None, dtype: str,
+def load_qr(model: str | None, heads: str | None, calibrate: bool | None, device: str | None, dtype: str,
             trust_remote_code: bool):  # noqa: ANN201
     from memory import QRRanker
 
+    options = {} if calibrate is None else {"calibrate": calibrate}
     return QRRanker.load(model, heads=heads, device=device, dtype=dtype,
-                         trust_remote_code=trust_remote_code, calibrate=not no_calibrate)
+                         trust_remote_code=trust_remote_code, **options)
 
 
 def _print_json(obj: Any) -> None:
@@ -128,7 +130,7 @@ def search(
     rerank_k: Annotated[int, typer.Option("--rerank-k", help="first-stage candidates to rerank")] = 20,
     model: ModelOpt = None,
     heads: HeadsOpt = None,
-    no_calibrate: NoCalOpt = False,
+    calibrate: CalOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
@@ -136,7 +138,7 @@ def search(
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
     --rerank-k with QRRanker (the embedded SmolLM2 unless --model)."""
-    ranker = load_qr(model, heads, no_calibrate, device, dtype, trust_remote_code) if rerank else None
+    ranker = load_qr(model, heads, calibrate, device, dtype, trust_remote_code) if rerank else None
     hits = open_memory(db, embedder, reranker=ranker).search(  # type: ignore[arg-type]
         user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k)
     if as_json:
@@ -159,7 +161,7 @@ def rank(
     k: Annotated[int | None, typer.Option("--k", "-k", help="show only the best k")] = None,
     model: ModelOpt = None,
     heads: HeadsOpt = None,
-    no_calibrate: NoCalOpt = False,
+    calibrate: CalOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
@@ -169,7 +171,7 @@ def rank(
     from memory.qr.records import read_rank_input
 
     jobs = read_rank_input(file, query)
-    ranker = load_qr(model, heads, no_calibrate, device, dtype, trust_remote_code)
+    ranker = load_qr(model, heads, calibrate, device, dtype, trust_remote_code)
     out = []
     for job in jobs:
         ranked = ranker.rank(job.query, job.texts, contexts=job.contexts, summary=job.summary)

@@ -251,7 +251,3 @@ def trained_manifest(source: Source) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_dir_heads(source: Source) -> list[str] | None:
-    if source.heads_file is None:
-        return None
-    return json.loads(source.heads_file.read_text()).get("heads")

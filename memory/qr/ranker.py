@@ -102,7 +102,7 @@ class QRRanker(Reranker):
                                      trust_remote_code=trust_remote_code, **options)
         config = loading.load_config(source, trust_remote_code)
         loading.check_decoder_only(config, source.label)
-        head_list = _resolve_heads(heads, source, config, name_or_path is None)
+        head_list, scoring = _resolve_heads(heads, source, config, name_or_path is None)
         text_cfg = loading.text_config(config)
         n_model_layers = text_cfg.num_hidden_layers
         if head_list is None and not all_layers:
@@ -115,7 +115,7 @@ class QRRanker(Reranker):
         model, tokenizer = loading.load_base(
             source, config, n_layers=n_layers, device=dev, dtype=loading.pick_dtype(dtype, dev),
             attn=loading.pick_attention(attn_implementation, dev), trust_remote_code=trust_remote_code)
-        cfg = QRConfig(heads=[str(h) for h in parsed], **options)
+        cfg = QRConfig(heads=[str(h) for h in parsed], **{**scoring, **options})
         return cls(model, tokenizer, cfg, name=source.label, n_model_layers=n_model_layers)
 
     @classmethod
@@ -127,6 +127,7 @@ class QRRanker(Reranker):
         from .train import apply_trained
 
         heads = heads if heads is not None else manifest["heads"]
+        kwargs = {**manifest.get("scoring", {}), **kwargs}
         ranker = cls.load(manifest.get("base"), heads=heads, **kwargs)
         apply_trained(ranker.model, Path(source.path), manifest)
         ranker.name = source.label
@@ -263,19 +264,24 @@ def full_pass_head_scores(ranker: QRRanker, layout: PromptLayout, cap: Any) -> A
     return chunk_mass(tok, span_index(layout.chunk_spans, prefix, device), len(layout.chunk_spans))
 
 
-def _resolve_heads(heads: HeadSpec | None, source: Any, config: Any, embedded: bool) -> list[str] | None:
+def _resolve_heads(heads: HeadSpec | None, source: Any, config: Any,
+                   embedded: bool) -> tuple[list[str] | None, dict[str, Any]]:
+    """The head list and the scoring options it was chosen with (a head file's `scoring`)."""
     from . import loading
+
+    def from_file(path: Any) -> tuple[list[str], dict[str, Any]]:
+        data = read_head_file(path)
+        return data["heads"], dict(data.get("scoring") or {})
 
     if heads is not None:
         if isinstance(heads, (str, os.PathLike)) and str(heads).endswith(".json"):
-            return read_head_file(heads)["heads"]
-        return [str(h) for h in parse_heads(heads)]
-    in_dir = loading.read_dir_heads(source)
-    if in_dir:
-        return in_dir
+            return from_file(heads)
+        return [str(h) for h in parse_heads(heads)], {}
+    if source.heads_file is not None:
+        return from_file(source.heads_file)
     qr_list = getattr(loading.text_config(config), "qr_head_list", None) or getattr(config, "qr_head_list", None)
     if qr_list:
-        return [str(h) for h in parse_heads(qr_list)]
+        return [str(h) for h in parse_heads(qr_list)], {}
     if embedded:
-        return read_head_file(default_head_file())["heads"]
-    return None
+        return from_file(default_head_file())
+    return None, {}

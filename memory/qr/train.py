@@ -153,6 +153,7 @@ def save_model_dir(ranker: Any, cfg: TrainConfig, out: Path, base: str | None,
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state_tensors(ranker, cfg), str(out / ATTN_FILE), metadata={"format": "pt"})
     manifest = {"format": "qrmem.qr-ranker.v1", "base": base, "heads": [str(h) for h in ranker.heads],
+                "scoring": {"calibrate": ranker.config.calibrate, "mask_outliers": ranker.config.mask_outliers},
                 "n_layers": len(ranker.model.layers), "train": cfg.model_dump(),
                 "trained_layers": getattr(ranker, "trained_layers", []), "metrics": metrics}
     (out / RANKER_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
