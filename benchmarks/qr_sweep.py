@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--eval-questions", type=int, default=160)
     ap.add_argument("--eval50-questions", type=int, default=80)
     ap.add_argument("--out-heads", default=None, help="write the chosen head list here")
+    ap.add_argument("--extra-model", default=None,
+                    help="also evaluate this QRRanker (e.g. a `qrmem train` directory) on the same questions")
+    ap.add_argument("--extra-settings", default="k20_date", help="settings for --extra-model")
     ap.add_argument("--n-heads", type=int, default=4)
     ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=False,
                     help="scoring recorded in the head file (raw scored best for SmolLM2's top heads)")
@@ -133,6 +136,16 @@ def main() -> None:
                 scores = [sum(p[h.layer, h.head] for h in heads) for p in per_q]
                 r, n = evaluate(scores, cands)
                 print(f"{name:11s} {hname + label:24s} {r:6.3f} {n:8.3f}")
+    if args.extra_model:
+        extra = QRRanker.load(args.extra_model)
+        for name in args.extra_settings.split(","):
+            cands, dates = sets[name]
+            t0 = time.perf_counter()
+            scores = [extra.score(c.question.question, list(c.texts),
+                                  contexts=list(c.dates) if dates else None) for c in cands]
+            r, n = evaluate(scores, cands)
+            per_q = (time.perf_counter() - t0) / len(cands)
+            print(f"{name:11s} {Path(args.extra_model).name[:24]:24s} {r:6.3f} {n:8.3f}  ({per_q:.2f}s/query)")
     if args.out_heads:
         heads = top_heads(q_qr, args.n_heads)
         Path(args.out_heads).write_text(json.dumps({

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_ID_LEN = 200
 MAX_TEXT_LEN = 100_000
@@ -68,15 +68,10 @@ class SessionIn(BaseModel):
     turns: list[TurnIn] = Field(min_length=1)
     position: int | None = None  # order of the session in the conversation (default: arrival order)
 
-    @field_validator("user_id")
+    @field_validator("user_id", "session_id")
     @classmethod
-    def _user(cls, v: str) -> str:
-        return _clean_id(v, "user_id")
-
-    @field_validator("session_id")
-    @classmethod
-    def _session(cls, v: str) -> str:
-        return _clean_id(v, "session_id")
+    def _ids(cls, v: str, info: ValidationInfo) -> str:
+        return _clean_id(v, info.field_name)
 
     @model_validator(mode="after")
     def _unique_turn_ids(self) -> SessionIn:

@@ -51,8 +51,19 @@ def test_embedded_default_uses_cached_dequantised_weights_and_shipped_heads(smol
     assert (dirs[0] / "model.safetensors").is_file()
     assert cached_seconds < 10  # the first load dequantises for ~20 s
     shipped = json.loads(default_head_file().read_text())["heads"]
-    assert [str(h) for h in ranker.heads] == shipped
+    assert [str(h) for h in ranker.heads] == shipped  # training kept the detected heads
     assert len(ranker.model.layers) == max(h.layer for h in ranker.heads) + 1 < 30
+    assert ranker.name == "SmolLM2-135M-Instruct (trained QR heads)"
+    assert ranker.config.calibrate is False  # the scoring the heads were chosen and trained with
+
+
+def test_trained_default_differs_from_the_untrained_heads(smol) -> None:
+    trained = smol[0]
+    untrained = QRRanker.load(heads=[str(h) for h in trained.heads], calibrate=False)
+    docs = FILLER[:3] + [NEEDLE]
+    a = trained.score("What is the name of Ana's kitten?", docs)
+    b = untrained.score("What is the name of Ana's kitten?", docs)
+    assert max(abs(x - y) for x, y in zip(a, b)) > 1e-3
 
 
 @pytest.mark.parametrize("position", [0, 4, 8])

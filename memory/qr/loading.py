@@ -245,6 +245,18 @@ def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn
     return base, tokenizer
 
 
+SHIPPED_TRAINED = "smollm2-135m-instruct.trained"
+
+
+def shipped_trained() -> Source | None:
+    """The trained SmolLM2 reranker shipped as package data (base: the embedded GGUF), if any."""
+    from importlib import resources
+
+    path = Path(str(resources.files("memory.qr") / "data" / SHIPPED_TRAINED))
+    return Source(str(path), "SmolLM2-135M-Instruct (trained QR heads)") if (
+        path / "qrmem_ranker.json").is_file() else None
+
+
 def trained_manifest(source: Source) -> dict | None:
     """The manifest of a directory written by `qrmem train`, if `source` is one."""
     path = Path(source.path) / "qrmem_ranker.json"

@@ -84,16 +84,25 @@ class QRRanker(Reranker):
              trust_remote_code: bool = False, all_layers: bool = False, **options: Any) -> QRRanker:
         """A QRRanker from the embedded SmolLM2 (None), a local directory, a .gguf file or a hub id.
 
+        `QRRanker.load()` is the embedded default: the trained SmolLM2 reranker shipped in
+        `memory/qr/data/` when present, else SmolLM2 with the shipped detected heads.
         Heads come from `heads` (a list or `"20-15,21-11"`, or a head-file path), else from the model
         directory's `qrmem_heads.json`, else from the config's `qr_head_list` (the QRRanker
-        checkpoint), else the shipped SmolLM2 list for the embedded model. `all_layers` keeps every
-        layer (for head detection). Other keyword options go to `QRConfig`.
+        checkpoint), else the shipped SmolLM2 list for the embedded model (so `load(heads=...)` on
+        the embedded model is untrained). `all_layers` keeps every layer (for head detection).
+        Other keyword options go to `QRConfig`.
         """
         from . import loading
 
         if trust_remote_code:
             log.warning("trust_remote_code=True: code shipped with %s will run on this machine",
                         name_or_path)
+        if name_or_path is None and heads is None and not all_layers:
+            shipped = loading.shipped_trained()  # the trained SmolLM2 reranker, when one is shipped
+            if shipped is not None:
+                return cls._load_trained(shipped, loading.trained_manifest(shipped), heads=None,
+                                         device=device, dtype=dtype, attn_implementation=attn_implementation,
+                                         **options)
         source = loading.resolve(name_or_path)
         trained = loading.trained_manifest(source)
         if trained is not None:

@@ -256,9 +256,10 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
     report.baseline = evaluate(ranker, val_records) if val_records else {}
     params = _trainable(ranker, cfg)
     if cfg.gradient_checkpointing:
-        enable = getattr(ranker.model, "activation_checkpointing_enable", None) \
-            or ranker.model.gradient_checkpointing_enable  # renamed in transformers 5.x
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(ranker.model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            ranker.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            ranker.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "position": 0, "step": 0, "history": []}
     if resume and (out / CHECKPOINT / "state.json").exists():
