@@ -138,6 +138,7 @@ def detect(ranker: Any, records: Sequence[Any], *, method: str = "qr", top: int 
 def write(det: Detection, out: str | Path) -> tuple[Path, Path]:
     """The head file (JSON) and a layer x head heatmap PNG beside it."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(det.to_json(), indent=1) + "\n")
     png = out.with_suffix(".png")
     heatmap(det.quality[det.method], det.heads, png,
@@ -159,7 +160,7 @@ def heatmap(quality: np.ndarray, heads: Sequence[Head], path: Path, title: str) 
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), fontsize=7, frameon=False)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
