@@ -20,6 +20,14 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def qr_cache(tmp_path_factory) -> Path:
+    """One model cache per test session (the SmolLM2 GGUF is dequantised into it once)."""
+    path = tmp_path_factory.mktemp("qrmem-cache")
+    os.environ["QRMEM_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     return str(tmp_path / "memory.db")

@@ -31,17 +31,11 @@ NEEDLE = "Ana: Her name is Miso, she is a tiny grey tabby."
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory) -> tuple[QRRanker, float, Path]:
-    mp = pytest.MonkeyPatch()
-    cache = tmp_path_factory.mktemp("qr-cache")
-    mp.setenv("QRMEM_CACHE", str(cache))
-    ranker = QRRanker.load()  # dequantises the GGUF into the cache
+def smol(qr_cache: Path) -> tuple[QRRanker, float, Path]:
+    QRRanker.load()  # dequantises the GGUF into the cache (unless an earlier test did)
     t0 = time.perf_counter()
     again = QRRanker.load()  # from the cached safetensors
-    cached_seconds = time.perf_counter() - t0
-    yield again, cached_seconds, cache
-    del ranker
-    mp.undo()
+    return again, time.perf_counter() - t0, qr_cache
 
 
 def test_embedded_default_uses_cached_dequantised_weights_and_shipped_heads(smol) -> None:
