@@ -20,10 +20,12 @@ from store import (
     Chunker,
     ChunkRecord,
     InputError,
+    QrmemError,
     SessionConflictError,
     SessionIn,
     SessionInfo,
     Store,
+    SummaryRecord,
     TurnIn,
     UserInfo,
     load_file,
@@ -35,6 +37,7 @@ from .embedders import Embedder, load_embedder
 from .fusion import dense_scores, rrf, top_k
 from .lexical import BM25Index
 from .rerankers import Reranker, load_reranker
+from .summaries import STORED, Summarizer, pending_sessions, summarize_session
 from .types import IngestReport, SearchHit
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,8 @@ class Memory:
     def __init__(self, db: str | os.PathLike[str] | Store | None = None, *,
                  embedder: Embedder | str | None = None, chunker: Chunker | str = "turn",
                  first_stage: SearchMode = "hybrid", rrf_k: int = 10,
-                 reranker: Reranker | str | None = None, rerank_k: int = DEFAULT_RERANK_K) -> None:
+                 reranker: Reranker | str | None = None, rerank_k: int = DEFAULT_RERANK_K,
+                 summarizer: Summarizer | None = None) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(db)
@@ -88,6 +92,7 @@ class Memory:
         self.rerank_k = rerank_k
         self._reranker_spec = reranker
         self._reranker: Reranker | None = reranker if isinstance(reranker, Reranker) else None
+        self.summarizer = summarizer
         self._index: dict[str, _UserIndex] = {}
 
     @property
@@ -162,8 +167,39 @@ class Memory:
                 self._index.pop(s.user_id, None)
                 bar.update(1)
             report.write_seconds += time.perf_counter() - t0
+            if self.summarizer is not None:
+                t0 = time.perf_counter()
+                for s in group:
+                    self._summarize_safely(s.user_id, s.session_id)
+                report.summary_seconds += time.perf_counter() - t0
         bar.close()
         return report
+
+    def _summarize_safely(self, user_id: str, session_id: str) -> None:
+        """Summaries are derived data: a failure is logged, the stored session stays, and
+        `summarize()` (`qrmem summarize`) can compute them later."""
+        try:
+            summarize_session(self.store, self.summarizer, user_id, session_id)
+        except (QrmemError, RuntimeError, OSError) as exc:
+            log.warning("summary of %s/%s failed (%s); the session is stored, run `qrmem summarize "
+                        "--user %s` to retry", user_id, session_id, exc, user_id)
+
+    def summarize(self, user_id: str, *, redo: bool = False) -> int:
+        """Compute missing session summaries in order, rolling the conversation summary forward
+        (with `redo`, recompute every session and restart the conversation summary). Returns the
+        number of sessions summarised."""
+        if self.summarizer is None:
+            raise InputError("this Memory has no summarizer; pass summarizer=Summarizer(generator)")
+        todo = [s.session_id for s in self.store.sessions(user_id)] if redo else \
+            pending_sessions(self.store, user_id)
+        previous = None if redo else STORED
+        for sid in todo:
+            _, previous = summarize_session(self.store, self.summarizer, user_id, sid, previous)
+        return len(todo)
+
+    def summaries(self, user_id: str) -> list[SummaryRecord]:
+        """The latest summary of each session and of the whole conversation."""
+        return self.store.summaries(user_id)
 
     def ingest_file(self, path: str | os.PathLike[str], *, fmt: str = "auto", replace: bool = False,
                     progress: bool = False) -> IngestReport:

@@ -34,6 +34,7 @@ class IngestReport:
     results: list[AddResult] = field(default_factory=list)
     embed_seconds: float = 0.0
     write_seconds: float = 0.0
+    summary_seconds: float = 0.0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)

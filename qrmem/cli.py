@@ -289,6 +289,30 @@ def train(
 
 @app.command()
 @handle_errors
+def summarize(
+    user: UserOpt,
+    db: DbOpt = None,
+    redo: Annotated[bool, typer.Option("--redo", help="recompute every session and restart the rolling summary")] = False,
+    generator: Annotated[str, typer.Option(help="transformers[:MODEL] (default: offline SmolLM2) or openai:MODEL")] = "transformers",
+    base_url: Annotated[str | None, typer.Option(help="openai: server URL, e.g. http://127.0.0.1:8000/v1")] = None,
+    api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the key")] = "OPENAI_API_KEY",
+) -> None:
+    """Compute the missing session summaries of a user in order, rolling the conversation summary."""
+    from memory import Summarizer, load_generator
+
+    options = {"base_url": base_url, "api_key_env": api_key_env} if generator.startswith("openai") else {}
+    options = {k: v for k, v in options.items() if v is not None}
+    mem = open_memory(db)
+    mem.summarizer = Summarizer(load_generator(generator, **options))
+    n = mem.summarize(user, redo=redo)
+    conv = next((s for s in mem.summaries(user) if s.kind == "conversation"), None)
+    typer.echo(f"summarised {n} sessions of {user!r}")
+    if conv is not None:
+        typer.echo(f"conversation summary (v{conv.version}): {conv.text}")
+
+
+@app.command()
+@handle_errors
 def sessions(user: UserOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List a user's sessions in conversation order."""
     rows = open_memory(db).sessions(user)
