@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,34 @@ def tiny_lm(tmp_path_factory):
         return made[kind]
 
     return make
+
+
+@pytest.fixture
+def chat_server():
+    """A loopback OpenAI-compatible chat-completions server; tests script its answers
+    (`state["script"]`: (status, payload) pairs) and read its `requests`."""
+    state = {"requests": [], "script": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["requests"].append({"path": self.path, "body": body,
+                                      "auth": self.headers.get("Authorization")})
+            status, payload = state["script"].pop(0) if state["script"] else (200, None)
+            payload = payload or {"choices": [{"message": {"role": "assistant", "content": " Hello! "}}]}
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield state
+    httpd.shutdown()

@@ -71,34 +71,15 @@ def test_a_failing_generator_never_loses_a_session(db: str, caplog: pytest.LogCa
     assert conv.version == 6 and conv.text.count(" + ") == 2  # restarted, not appended to the old one
 
 
-def test_cli_summarize_with_an_openai_compatible_server(db: str, tmp_path: Path) -> None:
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            data = json.dumps({"choices": [{"message": {"content": "They talked."}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args) -> None:  # noqa: ANN002
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        runner = CliRunner()
-        assert runner.invoke(app, ["ingest", "--db", db, str(TINY_LOCOMO), "--embedder", "hashing:32"]).exit_code == 0
-        res = runner.invoke(app, ["summarize", "--db", db, "--user", "tiny-2", "--generator", "openai:m",
-                                  "--base-url", f"http://127.0.0.1:{httpd.server_address[1]}/v1"])
-        assert res.exit_code == 0, res.output
-        assert "summarised 2 sessions of 'tiny-2'" in res.stdout and "(v2): They talked." in res.stdout
-        res = runner.invoke(app, ["summarize", "--db", db, "--user", "tiny-1", "--generator", "openai:m",
-                                  "--base-url", "http://127.0.0.1:9/v1"])
-        assert res.exit_code == 1 and "failed after" in res.stderr
-    finally:
-        httpd.shutdown()
+def test_cli_summarize_with_an_openai_compatible_server(db: str, chat_server) -> None:
+    chat_server["script"] = [(200, {"choices": [{"message": {"content": "They talked."}}]})] * 4
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", "--db", db, str(TINY_LOCOMO), "--embedder", "hashing:32"]).exit_code == 0
+    res = runner.invoke(app, ["summarize", "--db", db, "--user", "tiny-2", "--generator", "openai:m",
+                              "--base-url", chat_server["url"]])
+    assert res.exit_code == 0, res.output
+    assert "summarised 2 sessions of 'tiny-2'" in res.stdout and "(v2): They talked." in res.stdout
+    assert len(chat_server["requests"]) == 3  # two session summaries and one roll
+    res = runner.invoke(app, ["summarize", "--db", db, "--user", "tiny-1", "--generator", "openai:m",
+                              "--base-url", "http://127.0.0.1:9/v1"])
+    assert res.exit_code == 1 and "failed after" in res.stderr
