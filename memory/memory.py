@@ -78,7 +78,8 @@ class Memory:
                  embedder: Embedder | str | None = None, chunker: Chunker | str = "turn",
                  first_stage: SearchMode = "hybrid", rrf_k: int = 10,
                  reranker: Reranker | str | None = None, rerank_k: int = DEFAULT_RERANK_K,
-                 summarizer: Summarizer | None = None) -> None:
+                 summarizer: Summarizer | None = None,
+                 rerank_context: Literal["date", "summary", "none"] = "date") -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(db)
@@ -93,6 +94,9 @@ class Memory:
         self._reranker_spec = reranker
         self._reranker: Reranker | None = reranker if isinstance(reranker, Reranker) else None
         self.summarizer = summarizer
+        if rerank_context not in ("date", "summary", "none"):
+            raise InputError(f"rerank_context must be date, summary or none, got {rerank_context!r}")
+        self.rerank_context = rerank_context
         self._index: dict[str, _UserIndex] = {}
 
     @property
@@ -250,8 +254,9 @@ class Memory:
         """The user's `k` best chunks for `query`, best first (first stage: hybrid by default).
 
         With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
-        listwise by `self.reranker` with each chunk's session date as context, and the best `k`
-        of them are returned with the reranker's scores.
+        listwise by `self.reranker`, and the best `k` of them are returned with the reranker's
+        scores. Memory context per `rerank_context`: `date` (each chunk's session date), `summary`
+        (each chunk's session summary, else its date, plus the conversation summary) or `none`.
         """
         if rerank:
             pool = rerank_k or self.rerank_k
@@ -260,8 +265,8 @@ class Memory:
             first = self.search(user_id, query, k=max(pool, 1), mode=mode)
             if not first:
                 return []
-            ranked = self.reranker.rank(query, [h.text for h in first],
-                                        contexts=[h.session_date for h in first])
+            contexts, summary = self._rerank_context(user_id, first)
+            ranked = self.reranker.rank(query, [h.text for h in first], contexts=contexts, summary=summary)
             return [replace(first[r.index], rank=r.rank, score=r.score) for r in ranked.top_k(k)]
         mode = mode or self.first_stage
         if mode not in SEARCH_MODES:
@@ -287,6 +292,15 @@ class Memory:
             scores = rrf([dense, lexical_order], n, self.rrf_k)
             order = top_k(scores, k)
         return [_hit(index.chunks[i], float(scores[i]), r) for r, i in enumerate(order, start=1)]
+
+    def _rerank_context(self, user_id: str, hits: list[SearchHit]) -> tuple[list[str | None] | None, str | None]:
+        if self.rerank_context == "none":
+            return None, None
+        if self.rerank_context == "date":
+            return [h.session_date for h in hits], None
+        latest = {(s.kind, s.session_id): s.text for s in self.store.summaries(user_id)}
+        contexts = [latest.get(("session", h.session_id), h.session_date) for h in hits]
+        return contexts, latest.get(("conversation", None))
 
     def _user_index(self, user_id: str) -> _UserIndex:
         revision = self.store.revision(user_id)

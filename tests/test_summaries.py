@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from memory import HashingEmbedder, Memory, Summarizer
 from memory.generators import GenerationError, Generator
 from qrmem.cli import app
+from store import InputError
 
 TINY_LOCOMO = Path(__file__).parent / "data" / "tiny_locomo.json"
 
@@ -83,3 +84,36 @@ def test_cli_summarize_with_an_openai_compatible_server(db: str, chat_server) ->
     res = runner.invoke(app, ["summarize", "--db", db, "--user", "tiny-1", "--generator", "openai:m",
                               "--base-url", "http://127.0.0.1:9/v1"])
     assert res.exit_code == 1 and "failed after" in res.stderr
+
+
+def test_rerank_context_uses_summaries_when_asked(db: str) -> None:
+    from memory import Reranker
+
+    class Recording(Reranker):
+        """Scores by position; records what Memory hands a reranker."""
+
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def score(self, query, docs, *, contexts=None, summary=None):
+            self.calls.append((list(contexts) if contexts else None, summary))
+            return [float(-i) for i in range(len(docs))]
+
+    rec = Recording()
+    mem = Memory(db, embedder=HashingEmbedder(32), summarizer=Summarizer(Scripted()), reranker=rec,
+                 rerank_context="summary")
+    mem.ingest_file(TINY_LOCOMO)
+    hits = mem.search("tiny-2", "dog Pixel", k=2, rerank=True, rerank_k=3)
+    contexts, summary = rec.calls[-1]
+    session_summaries = {s.session_id: s.text for s in mem.summaries("tiny-2") if s.kind == "session"}
+    assert contexts[:2] == [session_summaries[h.session_id] for h in hits]
+    assert summary == next(s.text for s in mem.summaries("tiny-2") if s.kind == "conversation")
+    first = mem.search("tiny-2", "dog Pixel", k=3)
+    mem.rerank_context = "date"
+    mem.search("tiny-2", "dog Pixel", k=2, rerank=True, rerank_k=3)
+    assert rec.calls[-1] == ([h.session_date for h in first], None)
+    mem.rerank_context = "none"
+    mem.search("tiny-2", "dog Pixel", k=2, rerank=True, rerank_k=3)
+    assert rec.calls[-1] == (None, None)
+    with pytest.raises(InputError, match="rerank_context"):
+        Memory(db, rerank_context="everything")  # type: ignore[arg-type]
