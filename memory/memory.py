@@ -124,7 +124,7 @@ class Memory:
 
     def add_session(self, user_id: str, turns: Sequence[TurnIn | Mapping[str, Any]], *,
                     session_id: str | None = None, date: str | None = None,
-                    replace: bool = False) -> AddResult:
+                    replace: bool = False, summarize: bool = True) -> AddResult:
         """Store one session of turns (dicts with speaker, text and optional time/id) for a user."""
         try:
             session = SessionIn(user_id=user_id, session_id=session_id or uuid.uuid4().hex[:12],
@@ -133,10 +133,10 @@ class Memory:
         except ValidationError as exc:
             err = exc.errors()[0]
             raise InputError(err["msg"], field=".".join(map(str, err["loc"])) or None) from None
-        return self.add_sessions([session], replace=replace).results[0]
+        return self.add_sessions([session], replace=replace, summarize=summarize).results[0]
 
     def add_sessions(self, sessions: Sequence[SessionIn], *, replace: bool = False,
-                     progress: bool = False) -> IngestReport:
+                     progress: bool = False, summarize: bool = True) -> IngestReport:
         """Store many validated sessions; each is one transaction. Conflicts abort before any write."""
         statuses = [self.store.session_status(s) for s in sessions]
         conflicts = [s for s, st in zip(sessions, statuses, strict=True) if st == "conflict"]
@@ -171,7 +171,7 @@ class Memory:
                 self._index.pop(s.user_id, None)
                 bar.update(1)
             report.write_seconds += time.perf_counter() - t0
-            if self.summarizer is not None:
+            if self.summarizer is not None and summarize:
                 t0 = time.perf_counter()
                 for s in group:
                     self._summarize_safely(s.user_id, s.session_id)

@@ -313,6 +313,48 @@ def summarize(
 
 @app.command()
 @handle_errors
+def chat(
+    user: UserOpt,
+    db: DbOpt = None,
+    generator: Annotated[str, typer.Option(help="transformers[:MODEL] (default: offline SmolLM2) or openai:MODEL")] = "transformers",
+    base_url: Annotated[str | None, typer.Option(help="openai: server URL")] = None,
+    api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the key")] = "OPENAI_API_KEY",
+    top_n: Annotated[int, typer.Option(help="memories given to the generator")] = 3,
+    rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="rerank with QRRanker")] = True,
+    summarize: Annotated[bool, typer.Option("--summarize/--no-summarize", help="roll summaries at the end")] = True,
+) -> None:
+    """Chat with persistent memory: each exchange is stored; memory carries over between runs.
+    Type /end (or Ctrl-D) to close the session."""
+    from agent import MemoryAgent
+    from memory import Summarizer, load_generator
+
+    options = {"base_url": base_url, "api_key_env": api_key_env} if generator.startswith("openai") else {}
+    gen = load_generator(generator, **{k: v for k, v in options.items() if v is not None})
+    mem = open_memory(db)
+    mem.summarizer = Summarizer(gen) if summarize else None
+    agent = MemoryAgent(mem, gen, top_n=top_n, rerank=rerank)
+    typer.echo(f"memory: {mem.store.safe_url}, user {user!r}; /end to finish")
+    try:
+        while True:
+            try:
+                message = input("you> ").strip()
+            except EOFError:
+                break
+            if message in ("/end", "/quit", "/exit"):
+                break
+            if not message:
+                continue
+            answer = agent.chat(user, message)
+            cited = ", ".join(answer.turn_ids) or "no memories"
+            typer.echo(f"bot> {answer.text}\n     (memories: {cited})")
+    finally:
+        session = agent.end_session(user)
+        if session:
+            typer.echo(f"saved session {session}")
+
+
+@app.command()
+@handle_errors
 def sessions(user: UserOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List a user's sessions in conversation order."""
     rows = open_memory(db).sessions(user)

@@ -1,0 +1,104 @@
+"""`MemoryAgent`: the memory-aware chat loop (LoCoMo style).
+
+chat(user, message): first-stage top-K -> rerank (QRRanker, memory context) -> answer from the top-n
+chunks with their dates -> the user turn and the reply are written back into the open session
+(replaced as it grows, so it is searchable at once and durable after every exchange) ->
+`end_session` rolls the summaries forward.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from memory import Generator, Memory, SearchHit
+from store.errors import InputError
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant with a long-term memory of earlier conversations with this user. "
+    "Answer briefly, using the memories when they are relevant. Dates in brackets are when a "
+    "memory was said."
+)
+
+
+@dataclass(frozen=True)
+class UsedChunk:
+    chunk_id: int
+    session_id: str
+    session_date: str | None
+    turn_ids: tuple[str, ...]
+    score: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    chunks: tuple[UsedChunk, ...]
+    session_id: str
+    seconds: dict[str, float] = field(default_factory=dict)  # retrieve (incl. rerank), generate, write
+
+    @property
+    def turn_ids(self) -> list[str]:
+        return [t for c in self.chunks for t in c.turn_ids]
+
+
+def memory_block(hits: list[SearchHit]) -> str:
+    return "\n".join(f"[{h.session_date or 'undated'}] {h.text}" for h in hits)
+
+
+@dataclass
+class _OpenSession:
+    session_id: str
+    date: str
+    turns: list[dict[str, str]] = field(default_factory=list)
+
+
+class MemoryAgent:
+    """A chatbot loop over a `Memory` (with its reranker) and a `Generator`."""
+
+    def __init__(self, memory: Memory, generator: Generator, *, k: int = 20, top_n: int = 3,
+                 rerank: bool = True, assistant: str = "assistant", system_prompt: str = SYSTEM_PROMPT,
+                 max_new_tokens: int = 96) -> None:
+        if top_n < 1 or k < top_n:
+            raise InputError(f"need 1 <= top_n <= k, got top_n={top_n}, k={k}")
+        self.memory, self.generator = memory, generator
+        self.k, self.top_n, self.rerank = k, top_n, rerank
+        self.assistant, self.system_prompt, self.max_new_tokens = assistant, system_prompt, max_new_tokens
+        self._open: dict[str, _OpenSession] = {}
+
+    def chat(self, user_id: str, message: str, *, date: str | None = None) -> Answer:
+        if not isinstance(message, str) or not message.strip():
+            raise InputError("message must be a non-empty string")
+        t0 = time.perf_counter()
+        hits = self.memory.search(user_id, message, k=self.top_n, rerank=self.rerank, rerank_k=self.k)
+        t1 = time.perf_counter()
+        context = memory_block(hits) if hits else "(no memories yet)"
+        reply = self.generator.complete([
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": f"Memories:\n{context}\n\nMessage: {message}"},
+        ], max_new_tokens=self.max_new_tokens) or "..."
+        t2 = time.perf_counter()
+        session = self._open.get(user_id)
+        if session is None:
+            stamp = datetime.now(UTC)
+            session = _OpenSession(f"chat-{stamp:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
+                                   date or f"{stamp.day} {stamp:%B %Y}")
+            self._open[user_id] = session
+        session.turns += [{"speaker": user_id, "text": message}, {"speaker": self.assistant, "text": reply}]
+        self.memory.add_session(user_id, session.turns, session_id=session.session_id, date=session.date,
+                                replace=True, summarize=False)
+        t3 = time.perf_counter()
+        used = tuple(UsedChunk(h.chunk_id, h.session_id, h.session_date, h.turn_ids, h.score, h.text)
+                     for h in hits)
+        return Answer(reply, used, session.session_id,
+                      {"retrieve": t1 - t0, "generate": t2 - t1, "write": t3 - t2})
+
+    def end_session(self, user_id: str) -> str | None:
+        """Close the user's open session and roll the summaries forward (if Memory has a summarizer)."""
+        session = self._open.pop(user_id, None)
+        if session is not None and self.memory.summarizer is not None:
+            self.memory.summarize(user_id)
+        return session.session_id if session else None
