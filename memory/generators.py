@@ -35,6 +35,7 @@ class GenerationOptions(BaseModel):
 
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 = greedy
+    repetition_penalty: float = 1.1  # local models only; small models loop without it
 
     @field_validator("max_new_tokens")
     @classmethod
@@ -115,7 +116,8 @@ class TransformersGenerator(Generator):
         with torch.inference_mode():
             out = self._model.generate(**ids, max_new_tokens=options.max_new_tokens, do_sample=sample,
                                        temperature=options.temperature if sample else None, top_p=None,
-                                       top_k=None, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                                       top_k=None, repetition_penalty=options.repetition_penalty,
+                                       pad_token_id=tok.pad_token_id or tok.eos_token_id)
         return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
