@@ -353,6 +353,36 @@ def chat(
             typer.echo(f"saved session {session}")
 
 
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate qrmem end to end.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("locomo")
+@handle_errors
+def eval_locomo(
+    data: Annotated[Path | None, typer.Option(help="locomo10.json-style file [default: a slice of locomo_dev, else the shipped tiny one]")] = None,
+    conversations: Annotated[str | None, typer.Option(help="sample ids, comma-separated")] = None,
+    limit: Annotated[int | None, typer.Option(help="questions in all")] = None,
+    out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/locomo"),
+    k: Annotated[int, typer.Option("--k", help="first-stage candidates to rerank")] = 20,
+    top_n: Annotated[int, typer.Option("--top-n", help="chunks given to the generator")] = 3,
+    reranker: Annotated[str, typer.Option(help="qr, qr:PATH or none")] = "qr",
+    generator: Annotated[str, typer.Option(help="transformers[:MODEL] or openai:MODEL")] = "transformers",
+    base_url: Annotated[str | None, typer.Option(help="openai: server URL")] = None,
+    summaries: Annotated[bool, typer.Option("--summaries", help="roll summaries, give them to the reranker")] = False,
+    download: Annotated[bool, typer.Option("--download", help="fetch the public locomo10.json (needs network)")] = False,
+) -> None:
+    """Ingest LoCoMo conversations session by session, answer every question from memory, score it."""
+    from agent.locomo import build_and_run, report
+
+    summary = build_and_run(out=out, data=data, limit=limit, k=k, top_n=top_n,
+                            conversations=conversations.split(",") if conversations else None,
+                            reranker=reranker, generator=generator, base_url=base_url,
+                            summaries=summaries, download_public=download, progress=sys.stderr.isatty())
+    typer.echo(report(summary))
+    typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'chart.png'}")
+
+
 @app.command()
 @handle_errors
 def sessions(user: UserOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:

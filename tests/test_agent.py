@@ -11,7 +11,7 @@ from memory import HashingEmbedder, Memory, Reranker, Summarizer
 from memory.generators import Generator
 from store import InputError
 
-TINY_LOCOMO = Path(__file__).parent / "data" / "tiny_locomo.json"
+TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 
 
 class Echo(Generator):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from qrmem.cli import app
 from store import Store
 
-TINY_LOCOMO = Path(__file__).parent / "data" / "tiny_locomo.json"
+TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 runner = CliRunner()
 HASH = ["--embedder", "hashing:64"]
 

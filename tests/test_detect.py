@@ -61,7 +61,7 @@ def test_locomo_records_use_the_first_stage_and_evidence(tmp_path: Path) -> None
     from memory import HashingEmbedder, Memory
 
     mem = Memory(str(tmp_path / "m.db"), embedder=HashingEmbedder(64))
-    recs = load_records(Path(__file__).parent / "data" / "tiny_locomo.json", k=3, memory=mem)
+    recs = load_records(Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json", k=3, memory=mem)
     assert len(recs) == 8  # the category-5 question is excluded
     first = recs[0]
     assert first.group == "tiny-1" and len(first.paragraphs) == 3

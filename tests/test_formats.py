@@ -9,7 +9,7 @@ import pytest
 
 from store import InputError, load_file
 
-TINY_LOCOMO = Path(__file__).parent / "data" / "tiny_locomo.json"
+TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 
 
 def write(tmp_path: Path, obj, name: str = "in.json") -> Path:

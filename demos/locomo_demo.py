@@ -1,0 +1,31 @@
+"""The LoCoMo demo: qrmem's memory-aware loop on LoCoMo conversations, offline by default.
+
+    python demos/locomo_demo.py [--data locomo10.json] [--conversations conv-26] [--limit 20] [--out runs/locomo]
+
+Without --data it uses a small slice of ../shared/data/locomo/locomo_dev.json when present, else the
+tiny conversation shipped with qrmem. Writes OUT/results.json, OUT/report.md and OUT/chart.png and
+prints the report. Same as `qrmem eval locomo`.
+"""
+
+import argparse
+
+from agent.locomo import build_and_run, report
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--data", default=None, help="a locomo10.json-style file (list of samples or one sample)")
+ap.add_argument("--conversations", default=None, help="sample ids, comma-separated")
+ap.add_argument("--limit", type=int, default=None, help="questions in all")
+ap.add_argument("--out", default="runs/locomo")
+ap.add_argument("--k", type=int, default=20, help="first-stage candidates to rerank")
+ap.add_argument("--top-n", type=int, default=3, help="chunks given to the generator")
+ap.add_argument("--reranker", default="qr", help="qr (embedded QRRanker), qr:PATH or none")
+ap.add_argument("--generator", default="transformers", help="transformers[:MODEL] or openai:MODEL")
+ap.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+ap.add_argument("--summaries", action="store_true", help="roll summaries and give them to the reranker")
+ap.add_argument("--download", action="store_true", help="fetch the public locomo10.json (needs network)")
+args = ap.parse_args()
+summary = build_and_run(out=args.out, data=args.data, limit=args.limit, k=args.k, top_n=args.top_n,
+                        conversations=args.conversations.split(",") if args.conversations else None,
+                        reranker=args.reranker, generator=args.generator, base_url=args.base_url,
+                        summaries=args.summaries, download_public=args.download)
+print(report(summary))
