@@ -226,8 +226,7 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
         limit = limit if limit is not None else default_limit
     if not Path(data).is_file():
         raise InputError(f"{data}: file not found (pass --data PATH to a locomo10.json-style file)")
-    gen_options = {"base_url": base_url, "api_key_env": api_key_env} if generator.startswith("openai") else {}
-    gen = load_generator(generator, **{key: v for key, v in gen_options.items() if v is not None})
+    gen = load_generator(generator, base_url=base_url, api_key_env=api_key_env)
     rerank = reranker != "none"
     ranker: Reranker | None = load_reranker(reranker) if rerank else None
     out.mkdir(parents=True, exist_ok=True)

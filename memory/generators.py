@@ -176,10 +176,15 @@ GENERATORS: dict[str, Callable[..., Generator]] = {
 }
 
 
-def load_generator(spec: str = "transformers", **kwargs: Any) -> Generator:
+def load_generator(spec: str = "transformers", *, base_url: str | None = None,
+                   api_key_env: str | None = None, **kwargs: Any) -> Generator:
     """`transformers` (the embedded SmolLM2), `transformers:MODEL`, or `openai:MODEL` (with
-    `base_url=`, `api_key_env=` keyword options)."""
+    `base_url` and `api_key_env`; None keeps the defaults)."""
     name, _, arg = spec.partition(":")
     if name not in GENERATORS:
         raise InputError(f"unknown generator {spec!r}; choose one of {sorted(GENERATORS)}")
+    if name == "openai":
+        kwargs.update({k: v for k, v in (("base_url", base_url), ("api_key_env", api_key_env)) if v is not None})
+    elif base_url is not None:
+        raise InputError("--base-url is for openai:MODEL generators")
     return GENERATORS[name](arg or None, **kwargs)

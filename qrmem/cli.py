@@ -300,10 +300,8 @@ def summarize(
     """Compute the missing session summaries of a user in order, rolling the conversation summary."""
     from memory import Summarizer, load_generator
 
-    options = {"base_url": base_url, "api_key_env": api_key_env} if generator.startswith("openai") else {}
-    options = {k: v for k, v in options.items() if v is not None}
     mem = open_memory(db)
-    mem.summarizer = Summarizer(load_generator(generator, **options))
+    mem.summarizer = Summarizer(load_generator(generator, base_url=base_url, api_key_env=api_key_env))
     n = mem.summarize(user, redo=redo)
     conv = next((s for s in mem.summaries(user) if s.kind == "conversation"), None)
     typer.echo(f"summarised {n} sessions of {user!r}")
@@ -328,8 +326,7 @@ def chat(
     from agent import MemoryAgent
     from memory import Summarizer, load_generator
 
-    options = {"base_url": base_url, "api_key_env": api_key_env} if generator.startswith("openai") else {}
-    gen = load_generator(generator, **{k: v for k, v in options.items() if v is not None})
+    gen = load_generator(generator, base_url=base_url, api_key_env=api_key_env)
     mem = open_memory(db)
     mem.summarizer = Summarizer(gen) if summarize else None
     agent = MemoryAgent(mem, gen, top_n=top_n, rerank=rerank)
