@@ -28,24 +28,6 @@ def _candidate(item: Any, source: str, i: int) -> tuple[str, str | None]:
     raise InputError(f"{source}: candidate {i}: expected a string or an object with 'text'")
 
 
-def record_job(rec: Any, source: str, n: int) -> RankJob:
-    """A card-format record: `{id?, question, paragraphs: [{paragraph_text, title?}], summary?}`."""
-    if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
-        raise InputError(f"{source}: record {n}: expected an object with a 'question' string")
-    paras = rec.get("paragraphs")
-    if not isinstance(paras, list) or not paras:
-        raise InputError(f"{source}: record {n}: 'paragraphs' must be a non-empty list")
-    texts, titles = [], []
-    for j, p in enumerate(paras):
-        if not isinstance(p, dict) or not isinstance(p.get("paragraph_text"), str):
-            raise InputError(f"{source}: record {n}: paragraphs[{j}].paragraph_text: missing or not a string")
-        texts.append(p["paragraph_text"])
-        titles.append(p.get("title") if isinstance(p.get("title"), str) else None)
-    summary = rec.get("summary") if isinstance(rec.get("summary"), str) else None
-    return RankJob(str(rec.get("id", n)), rec["question"], texts,
-                   titles if any(titles) else None, summary)
-
-
 def read_rank_input(path: str | Path, query: str | None) -> list[RankJob]:
     source = str(path)
     try:
@@ -67,7 +49,11 @@ def read_rank_input(path: str | Path, query: str | None) -> list[RankJob]:
     if records and all(isinstance(r, dict) and "paragraphs" in r for r in records):
         if query is not None:
             raise InputError("--query is not used with records: each record has its own question")
-        return [record_job(r, source, n) for n, r in enumerate(records)]
+        from .data import parse_records
+
+        # Same records and validation as detection and training; an id is optional here.
+        parsed = parse_records([{"id": n, **r} for n, r in enumerate(records)], source)
+        return [RankJob(r.id, r.question, r.texts, r.titles, r.summary) for r in parsed]
     if query is None or not query.strip():
         raise InputError("pass --query: the file holds candidates, not records with questions")
     if not isinstance(data, list) or not data:
