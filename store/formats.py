@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import InputError
-from .types import SessionIn, TurnIn
+from .types import SessionIn
 
 FORMATS = ("auto", "locomo", "qrmem", "jsonl")
 _SESSION_KEY = re.compile(r"session_(\d+)")

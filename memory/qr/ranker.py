@@ -181,12 +181,13 @@ class QRRanker(Reranker):
                  summary: str | None) -> list[list[int]]:
         """Split candidates into the fewest near-equal groups whose prompts fit `max_tokens`."""
         n = len(docs)
+        extra = self._null_extra(query)
         for k in range(1, n + 1):
             size = math.ceil(n / k)
             groups = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
             lengths = [len(self._layout(query, [docs[i] for i in g],
                                         [contexts[i] for i in g] if contexts is not None else None,
-                                        summary)) + self._null_extra(query) for g in groups]
+                                        summary)) + extra for g in groups]
             if max(lengths) <= self.max_tokens:
                 return groups
             if size == 1:
@@ -206,7 +207,6 @@ class QRRanker(Reranker):
     def _score_window(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None,
                       summary: str | None, layers: tuple[int, ...]):  # noqa: ANN202
         """(raw, calibrated) tensors of shape (L, H, N) for one prompt."""
-        import torch
 
         from .scoring import chunk_mass, mask_outlier_tokens, span_index
 
