@@ -152,7 +152,9 @@ class Memory:
                 report.results.append(AddResult(s.user_id, s.session_id, "unchanged"))
             else:
                 todo.append(s)
-        bar = _progress(len(todo), "sessions", progress)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), unit="sessions", desc="ingest", disable=not progress)
         for group in _groups(todo, EMBED_GROUP):
             chunked = [self.chunker.chunk(s.turns) for s in group]
             texts = [index_text(text=c.text, date=s.date) for s, cs in zip(group, chunked, strict=True)
@@ -359,16 +361,3 @@ def _groups(sessions: Sequence[SessionIn], size: int) -> Iterable[list[SessionIn
             group, n = [], 0
     if group:
         yield group
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(total: int, unit: str, enabled: bool):  # noqa: ANN202
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, desc="ingest")
