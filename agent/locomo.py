@@ -46,6 +46,8 @@ class EvalConfig:
     top_n: int = 3  # chunks given to the generator
     rerank: bool = True
     summaries: bool = False  # roll summaries during ingest and give them to the reranker
+    categories: list[int] | None = None  # only these question categories (None: all)
+    answer: bool = True  # False: retrieval only (no generator call, F1 not measured)
     max_new_tokens: int = 32
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,6 +68,19 @@ def download(dest: Path) -> Path:
     resp.raise_for_status()
     dest.write_bytes(resp.content)
     return dest
+
+
+def parse_categories(text: str | None) -> list[int] | None:
+    """'1,2,3,4' -> [1, 2, 3, 4]; None or '' -> None (all categories)."""
+    if not text:
+        return None
+    try:
+        cats = sorted({int(c) for c in text.split(",") if c.strip()})
+    except ValueError:
+        raise InputError(f"--categories takes numbers 1-5 separated by commas, got {text!r}") from None
+    if not cats or any(c not in CATEGORIES for c in cats):
+        raise InputError(f"--categories takes numbers 1-5 separated by commas, got {text!r}")
+    return cats
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -89,7 +104,8 @@ def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool
     sessions = sorted(load_file(data_path), key=lambda s: (s.user_id, s.position or 0))
     wanted = {str(s["sample_id"]) for s in samples}
     ingest = memory.add_sessions([s for s in sessions if s.user_id in wanted], progress=progress)
-    questions = [(str(s["sample_id"]), i, qa) for s in samples for i, qa in enumerate(s.get("qa", []))]
+    questions = [(str(s["sample_id"]), i, qa) for s in samples for i, qa in enumerate(s.get("qa", []))
+                 if cfg.categories is None or int(qa.get("category", 0)) in cfg.categories]
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     results_path = cfg.out / "results.json"
@@ -126,12 +142,13 @@ def answer_one(cfg: EvalConfig, memory: Memory, generator: Generator, user: str,
     top = ranked[: cfg.top_n]
     memories = memory_block(top)
     prediction = generator.complete([{"role": "user", "content": QA_PROMPT.format(
-        memories=memories, question=question)}], max_new_tokens=cfg.max_new_tokens)
+        memories=memories, question=question)}], max_new_tokens=cfg.max_new_tokens) if cfg.answer else None
     t3 = time.perf_counter()
     evidence = parse_evidence(qa.get("evidence", []))
     return {
         "id": qid, "conversation": user, "question": question, "answer": gold, "category": category,
-        "evidence": evidence, "prediction": prediction, "f1": locomo_f1(prediction, gold, category),
+        "evidence": evidence, "prediction": prediction,
+        "f1": locomo_f1(prediction, gold, category) if prediction is not None else None,
         "retrieved": [t for h in ranked for t in h.turn_ids],
         "retrieved_scores": [round(h.score, 5) for h in ranked],
         "first_stage": [t for h in first for t in h.turn_ids],
@@ -143,7 +160,8 @@ def answer_one(cfg: EvalConfig, memory: Memory, generator: Generator, user: str,
 def summarize(rows: list[dict[str, Any]], cfg: EvalConfig, *, ingest_seconds: float, wall: float) -> dict[str, Any]:
     by_cat: dict[int, list[float]] = defaultdict(list)
     for r in rows:
-        by_cat[r["category"]].append(r["f1"])
+        if r["f1"] is not None:
+            by_cat[r["category"]].append(r["f1"])
     main = [r for r in rows if r["category"] != 5]
     with_ev = [r for r in main if r["evidence"]]
 
@@ -156,7 +174,7 @@ def summarize(rows: list[dict[str, Any]], cfg: EvalConfig, *, ingest_seconds: fl
 
     return {
         "questions": len(rows), "scored_questions": len(main),
-        "f1": {"overall": mean([r["f1"] for r in main]),
+        "f1": {"overall": mean([r["f1"] for r in main if r["f1"] is not None]),
                **{CATEGORIES.get(c, str(c)): mean(v) for c, v in sorted(by_cat.items())}},
         "recall@5": {"first_stage": recall("first_stage", 5), "reranked": recall("retrieved", 5)},
         "ndcg@10": {"first_stage": mean([ndcg_at_k([[t] for t in r["first_stage"]], r["evidence"]) for r in with_ev]),
@@ -165,6 +183,7 @@ def summarize(rows: list[dict[str, Any]], cfg: EvalConfig, *, ingest_seconds: fl
         "seconds_per_question": {s: mean([r["seconds"][s] for r in rows]) for s in ("first_stage", "rerank", "generate")},
         "ingest_seconds": round(ingest_seconds, 2), "wall_seconds": round(wall, 2),
         "config": {"k": cfg.k, "top_n": cfg.top_n, "rerank": cfg.rerank, "summaries": cfg.summaries,
+                   "categories": cfg.categories, "answer": cfg.answer,
                    "data": str(cfg.data), "conversations": cfg.conversations, "limit": cfg.limit, **cfg.extra},
         "f1_definition": "LoCoMo token F1: normalised, articles/punctuation dropped, Porter-stemmed; "
                          "multi-hop averaged over comma-separated gold parts; open-domain gold before ';'; "
@@ -213,6 +232,7 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
                   limit: int | None = None, k: int = 20, top_n: int = 3, reranker: str = "qr",
                   generator: str = "transformers", base_url: str | None = None,
                   api_key_env: str = "OPENAI_API_KEY", summaries: bool = False, download_public: bool = False,
+                  categories: list[int] | None = None, answer: bool = True,
                   db: str | None = None, embedder: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Everything `qrmem eval locomo` and `demos/locomo_demo.py` do, from plain options."""
     from memory import load_generator, load_reranker
@@ -234,6 +254,6 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
                     summarizer=Summarizer(gen) if summaries else None,
                     rerank_context="summary" if summaries else "date")
     cfg = EvalConfig(out=out, data=Path(data), conversations=conversations, limit=limit, k=k, top_n=top_n,
-                     rerank=rerank, summaries=summaries,
+                     rerank=rerank, summaries=summaries, categories=categories, answer=answer,
                      extra={"generator": gen.name, "reranker": reranker})
     return run(cfg, memory, gen, progress=progress)

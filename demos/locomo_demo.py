@@ -9,7 +9,7 @@ prints the report. Same as `qrmem eval locomo`.
 
 import argparse
 
-from agent.locomo import build_and_run, report
+from agent.locomo import build_and_run, parse_categories, report
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--data", default=None, help="a locomo10.json-style file (list of samples or one sample)")
@@ -22,10 +22,13 @@ ap.add_argument("--reranker", default="qr", help="qr (embedded QRRanker), qr:PAT
 ap.add_argument("--generator", default="transformers", help="transformers[:MODEL] or openai:MODEL")
 ap.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
 ap.add_argument("--summaries", action="store_true", help="roll summaries and give them to the reranker")
+ap.add_argument("--categories", default=None, help="question categories, e.g. 1,2,3,4 (default: all)")
+ap.add_argument("--no-answer", action="store_true", help="retrieval only: skip the generator, no F1")
 ap.add_argument("--download", action="store_true", help="fetch the public locomo10.json (needs network)")
 args = ap.parse_args()
 summary = build_and_run(out=args.out, data=args.data, limit=args.limit, k=args.k, top_n=args.top_n,
                         conversations=args.conversations.split(",") if args.conversations else None,
                         reranker=args.reranker, generator=args.generator, base_url=args.base_url,
-                        summaries=args.summaries, download_public=args.download)
+                        summaries=args.summaries, download_public=args.download,
+                        categories=parse_categories(args.categories), answer=not args.no_answer)
 print(report(summary))

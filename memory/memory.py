@@ -17,8 +17,10 @@ from pydantic import ValidationError
 
 from store import (
     AddResult,
+    CheckReport,
     Chunker,
     ChunkRecord,
+    DeleteResult,
     InputError,
     QrmemError,
     SessionConflictError,
@@ -37,7 +39,7 @@ from .embedders import Embedder, load_embedder
 from .fusion import dense_scores, rrf, top_k
 from .lexical import BM25Index
 from .rerankers import Reranker, load_reranker
-from .summaries import STORED, Summarizer, pending_sessions, summarize_session
+from .summaries import Summarizer, catch_up
 from .types import IngestReport, SearchHit
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,11 @@ class Memory:
                  first_stage: SearchMode = "hybrid", rrf_k: int = 10,
                  reranker: Reranker | str | None = None, rerank_k: int = DEFAULT_RERANK_K,
                  summarizer: Summarizer | None = None,
-                 rerank_context: Literal["date", "summary", "none"] = "date") -> None:
+                 rerank_context: Literal["date", "summary", "none"] = "date",
+                 secure_delete: bool = False) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
-        self.store = db if isinstance(db, Store) else Store(db)
+        self.store = db if isinstance(db, Store) else Store(db, secure_delete=secure_delete)
         self._embedder_spec = embedder
         self._embedder: Embedder | None = embedder if isinstance(embedder, Embedder) else None
         self.chunker = make_chunker(chunker) if isinstance(chunker, str) else chunker
@@ -183,9 +186,10 @@ class Memory:
 
     def _summarize_safely(self, user_id: str, session_id: str) -> None:
         """Summaries are derived data: a failure is logged, the stored session stays, and
-        `summarize()` (`qrmem summarize`) can compute them later."""
+        `summarize()` (`qrmem summarize`) can compute them later (so can the next ingest: it
+        catches up on everything pending, in order)."""
         try:
-            summarize_session(self.store, self.summarizer, user_id, session_id)
+            catch_up(self.store, self.summarizer, user_id)
         except (QrmemError, RuntimeError, OSError) as exc:
             log.warning("summary of %s/%s failed (%s); the session is stored, run `qrmem summarize "
                         "--user %s` to retry", user_id, session_id, exc, user_id)
@@ -196,12 +200,7 @@ class Memory:
         number of sessions summarised."""
         if self.summarizer is None:
             raise InputError("this Memory has no summarizer; pass summarizer=Summarizer(generator)")
-        todo = [s.session_id for s in self.store.sessions(user_id)] if redo else \
-            pending_sessions(self.store, user_id)
-        previous = None if redo else STORED
-        for sid in todo:
-            _, previous = summarize_session(self.store, self.summarizer, user_id, sid, previous)
-        return len(todo)
+        return catch_up(self.store, self.summarizer, user_id, redo=redo)
 
     def summaries(self, user_id: str) -> list[SummaryRecord]:
         """The latest summary of each session and of the whole conversation."""
@@ -224,13 +223,24 @@ class Memory:
     def sessions(self, user_id: str) -> list[SessionInfo]:
         return self.store.sessions(user_id)
 
-    def delete_session(self, user_id: str, session_id: str) -> None:
-        self.store.delete_session(user_id, session_id)
+    def delete_session(self, user_id: str, session_id: str) -> DeleteResult:
+        """Delete a session (turns, chunks, vectors, its summary). The conversation summary is
+        rolled back to before the session; with a summarizer the later sessions are rolled in
+        again at once, otherwise `qrmem summarize` does it (`result.needs_resummarize`)."""
+        result = self.store.delete_session(user_id, session_id)
         self._index.pop(user_id, None)
+        if result.needs_resummarize and self.summarizer is not None:
+            self._summarize_safely(user_id, session_id)
+        return result
 
-    def delete_user(self, user_id: str) -> None:
-        self.store.delete_user(user_id)
+    def delete_user(self, user_id: str) -> DeleteResult:
+        result = self.store.delete_user(user_id)
         self._index.pop(user_id, None)
+        return result
+
+    def check(self) -> CheckReport:
+        """Integrity check of the store (see `Store.check`)."""
+        return self.store.check()
 
     def export_user(self, user_id: str) -> dict[str, Any]:
         return self.store.export_user(user_id)
@@ -310,7 +320,10 @@ class Memory:
             return _UserIndex(-1, [])
         cached = self._index.get(user_id)
         if cached is None or cached.revision != revision:
-            cached = _UserIndex(revision, self.store.chunks(user_id))
+            revision, chunks = self.store.chunks_at_revision(user_id)  # one snapshot
+            if revision is None:
+                return _UserIndex(-1, [])
+            cached = _UserIndex(revision, chunks)
             self._index[user_id] = cached
         return cached
 

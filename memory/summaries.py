@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from store import Store, TurnRecord
-from store.errors import QrmemError
+from store.errors import ConcurrentUpdateError, QrmemError
 
 from .generators import Generator
 
@@ -51,26 +51,47 @@ class Summarizer:
         return text
 
 
-STORED = "stored"  # roll forward from the latest stored conversation summary
+def catch_up(store: Store, summarizer: Summarizer, user_id: str, *, redo: bool = False,
+             attempts: int = 3) -> int:
+    """Bring a user's summaries up to date, in conversation order: write the missing session
+    summaries, and roll the conversation summary forward over every session after the one it was
+    last rolled through (all of them with `redo`, or when that session is gone). Each summary is
+    stored as soon as it is written, so an interruption keeps what was done; a process rolling the
+    same conversation at the same time makes this one start over from what that one wrote.
+    Returns the number of session summaries written."""
+    written = 0
+    for attempt in range(attempts):
+        try:
+            return written + _catch_up_once(store, summarizer, user_id, redo=redo and attempt == 0)
+        except ConcurrentUpdateError:
+            if attempt == attempts - 1:
+                raise
+    return written
 
 
-def summarize_session(store: Store, summarizer: Summarizer, user_id: str, session_id: str,
-                      previous: str | None = STORED) -> tuple[str, str]:
-    """Write the session's summary, then roll the conversation summary forward from `previous`
-    (default: the latest stored one; None starts afresh). Returns (session, conversation) text."""
-    info = {s.session_id: s for s in store.sessions(user_id)}[session_id]
-    session_text = summarizer.summarize_session(store.turns(user_id, session_id), info.date)
-    store.add_summary(user_id, "session", session_text, session_id=session_id,
-                      model=summarizer.generator.name, meta={"date": info.date})
-    if previous == STORED:
-        previous = next((s.text for s in store.summaries(user_id) if s.kind == "conversation"), None)
-    conv = summarizer.roll(previous, session_text, info.date)
-    store.add_summary(user_id, "conversation", conv, model=summarizer.generator.name,
-                      meta={"through_session": session_id})
-    return session_text, conv
-
-
-def pending_sessions(store: Store, user_id: str) -> list[str]:
-    """Sessions of a user (in order) that have no session summary yet."""
-    done = {s.session_id for s in store.summaries(user_id) if s.kind == "session"}
-    return [s.session_id for s in store.sessions(user_id) if s.session_id not in done]
+def _catch_up_once(store: Store, summarizer: Summarizer, user_id: str, *, redo: bool) -> int:
+    sessions = store.sessions(user_id)
+    every = store.summaries(user_id)
+    latest = {(s.kind, s.session_id): s for s in every}
+    stored_conv = latest.get(("conversation", None))
+    version = stored_conv.version if stored_conv is not None else 0
+    conv = None if redo else stored_conv
+    through = (conv.meta or {}).get("through_session") if conv is not None else None
+    order = [s.session_id for s in sessions]
+    start = order.index(through) + 1 if through in order else 0
+    previous = conv.text if conv is not None and through in order else None
+    written = 0
+    for i, info in enumerate(sessions):
+        stored = None if redo else latest.get(("session", info.session_id))
+        if stored is None:
+            text = summarizer.summarize_session(store.turns(user_id, info.session_id), info.date)
+            store.add_summary(user_id, "session", text, session_id=info.session_id,
+                              model=summarizer.generator.name, meta={"date": info.date})
+            written += 1
+        else:
+            text = stored.text
+        if i >= start:
+            previous = summarizer.roll(previous, text, info.date)
+            version = store.add_summary(user_id, "conversation", previous, model=summarizer.generator.name,
+                                        meta={"through_session": info.session_id}, if_version=version).version
+    return written

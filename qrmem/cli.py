@@ -367,15 +367,18 @@ def eval_locomo(
     generator: Annotated[str, typer.Option(help="transformers[:MODEL] or openai:MODEL")] = "transformers",
     base_url: Annotated[str | None, typer.Option(help="openai: server URL")] = None,
     summaries: Annotated[bool, typer.Option("--summaries", help="roll summaries, give them to the reranker")] = False,
+    categories: Annotated[str | None, typer.Option(help="question categories, e.g. 1,2,3,4 [default: all]")] = None,
+    no_answer: Annotated[bool, typer.Option("--no-answer", help="retrieval only: skip the generator, no F1")] = False,
     download: Annotated[bool, typer.Option("--download", help="fetch the public locomo10.json (needs network)")] = False,
 ) -> None:
     """Ingest LoCoMo conversations session by session, answer every question from memory, score it."""
-    from agent.locomo import build_and_run, report
+    from agent.locomo import build_and_run, parse_categories, report
 
     summary = build_and_run(out=out, data=data, limit=limit, k=k, top_n=top_n,
                             conversations=conversations.split(",") if conversations else None,
                             reranker=reranker, generator=generator, base_url=base_url,
-                            summaries=summaries, download_public=download, progress=sys.stderr.isatty())
+                            summaries=summaries, download_public=download, progress=sys.stderr.isatty(),
+                            categories=parse_categories(categories), answer=not no_answer)
     typer.echo(report(summary))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'chart.png'}")
 
@@ -400,17 +403,23 @@ def delete(
     db: DbOpt = None,
     session: Annotated[str | None, typer.Option(help="delete only this session")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    secure: Annotated[bool, typer.Option("--secure", help="SQLite: overwrite the deleted content and "
+                                                           "truncate the write-ahead log")] = False,
 ) -> None:
-    """Delete a session, or a whole user, with all their turns, chunks, embeddings and summaries."""
+    """Delete a session, or a whole user, with all their turns, chunks, embeddings and summaries.
+    Deleting a session rolls the conversation summary back to before it (`qrmem summarize` rolls
+    the later sessions in again)."""
+    from memory import Memory
+
     what = f"session {session!r} of user {user!r}" if session else f"user {user!r} and all their memory"
     if not yes and not typer.confirm(f"Delete {what}?", default=False):
         raise _fail("nothing deleted")
-    mem = open_memory(db)
-    if session:
-        mem.delete_session(user, session)
-    else:
-        mem.delete_user(user)
-    typer.echo(f"deleted {what}")
+    mem = Memory(db, secure_delete=secure)
+    result = mem.delete_session(user, session) if session else mem.delete_user(user)
+    typer.echo(f"deleted {what}: {result.turns} turns, {result.chunks} chunks, {result.summaries} summaries")
+    if result.needs_resummarize:
+        typer.echo(f"the conversation summary was rolled back; run `qrmem summarize --user {user}` "
+                   "to roll the later sessions in again")
 
 
 @app.command()
@@ -441,6 +450,29 @@ def import_(
     report = open_memory(db, embedder).ingest_file(file, fmt="qrmem", replace=replace)
     typer.echo(f"{report.count('added')} sessions added, {report.count('replaced')} replaced, "
                f"{report.count('unchanged')} unchanged")
+
+
+@app.command()
+@handle_errors
+def check(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Integrity check: database checks, orphans, half-written sessions, embeddings vs chunks.
+    Exits 1 when anything is damaged."""
+    from store import Store
+
+    report = Store(db).check()
+    if as_json:
+        _print_json({"ok": report.ok, "counts": report.counts.as_dict(), "problems": report.problems,
+                     "warnings": report.warnings, "checks": report.checks})
+    else:
+        typer.echo(" ".join(f"{k}={v}" for k, v in report.counts.as_dict().items()))
+        for w in report.warnings:
+            typer.echo(f"warning: {w}")
+        for prob in report.problems:
+            typer.echo(f"problem: {prob}")
+        typer.echo(f"{'ok' if report.ok else 'DAMAGED'}: {len(report.checks)} checks, "
+                   f"{len(report.problems)} problems")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -4,6 +4,7 @@ embeddings and summaries. Knows nothing of models."""
 from .chunking import CHUNKERS, Chunker, TurnChunker, WindowChunker, make_chunker, render_turn
 from .db import default_db_path, resolve_url
 from .errors import (
+    ConcurrentUpdateError,
     InputError,
     MissingDependencyError,
     ModelLoadError,
@@ -16,8 +17,10 @@ from .formats import load_file, parse_obj
 from .store import Store
 from .types import (
     AddResult,
+    CheckReport,
     ChunkIn,
     ChunkRecord,
+    DeleteResult,
     SessionIn,
     SessionInfo,
     StoreCounts,
@@ -28,7 +31,7 @@ from .types import (
 )
 
 __all__ = [
-    "CHUNKERS", "AddResult", "ChunkIn", "ChunkRecord", "Chunker", "InputError",
+    "CHUNKERS", "AddResult", "ConcurrentUpdateError", "CheckReport", "ChunkIn", "ChunkRecord", "Chunker", "DeleteResult", "InputError",
     "MissingDependencyError", "ModelLoadError", "NotFoundError", "QrmemError", "SessionConflictError",
     "SessionIn", "SessionInfo", "Store", "StoreCounts", "StoreError", "SummaryRecord", "TurnChunker",
     "TurnIn", "TurnRecord", "UserInfo", "WindowChunker", "default_db_path", "load_file",

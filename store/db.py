@@ -51,7 +51,7 @@ def resolve_url(db: str | os.PathLike[str] | None) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, secure_delete: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
         # Let SQLAlchemy's BEGIN below drive transactions (pysqlite's own handling is lax).
@@ -61,6 +61,8 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys = ON")
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
+        if secure_delete:  # deleted content is overwritten with zeros, not just unlinked
+            cur.execute("PRAGMA secure_delete = ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -70,11 +72,15 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_store_engine(url: str) -> Engine:
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def create_store_engine(url: str, *, secure_delete: bool = False) -> Engine:
     try:
-        if url.startswith("sqlite"):
+        if is_sqlite(url):
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-            _sqlite_setup(engine)
+            _sqlite_setup(engine, secure_delete)
         else:
             engine = create_engine(url, pool_pre_ping=True)
     except (ArgumentError, ModuleNotFoundError) as exc:

@@ -38,3 +38,7 @@ class ModelLoadError(QrmemError):
 
 class MissingDependencyError(QrmemError, ModuleNotFoundError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ConcurrentUpdateError(QrmemError):
+    """Another writer changed the same record first; read it again and retry."""

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, inspect, select, text
 
 from . import schema
 from .errors import StoreError
@@ -33,35 +33,41 @@ def m001_initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables)
 
 
-def applied(engine: Engine) -> list[str]:
-    if not inspect(engine).has_table("schema_migrations"):
-        return []
-    with engine.connect() as conn:
-        return list(conn.scalars(select(schema.schema_migrations.c.name)))
+MIGRATION_LOCK = 7_246_311  # PostgreSQL advisory lock key held while migrating
+
+
+def applied(conn: Connection) -> list[str]:
+    return list(conn.scalars(select(schema.schema_migrations.c.name)))
 
 
 def migrate(engine: Engine) -> list[str]:
-    """Apply pending migrations in order; return the names applied now."""
-    schema.schema_migrations.create(engine, checkfirst=True)
-    done = set(applied(engine))
-    unknown = done - {name for name, _ in MIGRATIONS}
-    if unknown:
-        raise StoreError(
-            f"the database has migrations this qrmem does not know ({sorted(unknown)}); "
-            "upgrade qrmem to open it"
-        )
-    ran = []
-    for name, fn in MIGRATIONS:
-        if name in done:
-            continue
-        with engine.begin() as conn:
-            # Re-check inside the transaction: another process may have applied it meanwhile.
-            if conn.scalar(select(schema.schema_migrations.c.name).where(
-                    schema.schema_migrations.c.name == name)):
-                continue
-            fn(conn)
-            conn.execute(schema.schema_migrations.insert().values(
-                name=name, applied_at=datetime.now(UTC)))
-        log.info("applied migration %s", name)
-        ran.append(name)
+    """Apply pending migrations in order, in one transaction that holds the database's write lock
+    (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so processes opening a new store at
+    the same moment never race. Returns the names applied now."""
+    known = {name for name, _ in MIGRATIONS}
+    with engine.connect() as conn:  # fast path, no lock: an up-to-date store (the common case)
+        if inspect(conn).has_table("schema_migrations") and set(applied(conn)) == known:
+            return []
+    with engine.connect() as conn:
+        conn.execution_options(qrmem_write=True)
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            schema.schema_migrations.create(conn, checkfirst=True)
+            done = set(applied(conn))
+            unknown = done - known
+            if unknown:
+                raise StoreError(
+                    f"the database has migrations this qrmem does not know ({sorted(unknown)}); "
+                    "upgrade qrmem to open it"
+                )
+            ran = []
+            for name, fn in MIGRATIONS:
+                if name in done:
+                    continue
+                fn(conn)
+                conn.execute(schema.schema_migrations.insert().values(
+                    name=name, applied_at=datetime.now(UTC)))
+                log.info("applied migration %s", name)
+                ran.append(name)
     return ran

@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from . import schema as t
-from .db import create_store_engine, resolve_url
-from .errors import InputError, NotFoundError, SessionConflictError, StoreError
+from .db import SQLITE_BUSY_TIMEOUT_MS, create_store_engine, is_sqlite, resolve_url
+from .errors import ConcurrentUpdateError, InputError, NotFoundError, SessionConflictError, StoreError
 from .migrations import migrate
 from .types import (
     AddResult,
+    CheckReport,
     ChunkIn,
     ChunkRecord,
+    DeleteResult,
     SessionIn,
     SessionInfo,
     StoreCounts,
@@ -38,6 +42,16 @@ from .types import (
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "qrmem.v1"
+WRITE_ATTEMPTS = 5  # a write transaction is retried on lock timeouts, deadlocks and insert races
+T = TypeVar("T")
+# PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock, lock not available.
+_RETRY_SQLSTATES = {"40001", "40P01", "55P03"}
+
+
+def _transient(exc: DBAPIError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
+        return True
+    return "database is locked" in str(exc.orig) or "database table is locked" in str(exc.orig)
 
 
 def _now() -> datetime:
@@ -45,10 +59,15 @@ def _now() -> datetime:
 
 
 class Store:
-    """A qrmem store on any SQLAlchemy URL or SQLite file path (None: `$QRMEM_DB` or the data dir)."""
+    """A qrmem store on any SQLAlchemy URL or SQLite file path (None: `$QRMEM_DB` or the data dir).
 
-    def __init__(self, db: str | os.PathLike[str] | None = None) -> None:
+    `secure_delete` (SQLite): deleted content is overwritten with zeros and the write-ahead log is
+    truncated after each deletion, so removed conversations do not linger in the file.
+    """
+
+    def __init__(self, db: str | os.PathLike[str] | None = None, *, secure_delete: bool = False) -> None:
         self.url = resolve_url(db)
+        self.secure_delete = secure_delete
         self._engine: Engine | None = None
 
     # -- connection ---------------------------------------------------------------------------------
@@ -57,7 +76,7 @@ class Store:
     def engine(self) -> Engine:
         """The engine, created and migrated on first use."""
         if self._engine is None:
-            engine = create_store_engine(self.url)
+            engine = create_store_engine(self.url, secure_delete=self.secure_delete)
             try:
                 migrate(engine)
             except (OperationalError, DBAPIError) as exc:
@@ -84,9 +103,35 @@ class Store:
             with conn.begin():
                 yield conn
 
+    def _write_txn(self, fn: Callable[[Connection], T], *, retry_integrity: bool = False) -> T:
+        """Run `fn` in one write transaction. Transient failures (SQLite lock timeouts, PostgreSQL
+        deadlocks and serialization failures, and with `retry_integrity` a concurrent insert of the
+        same row) roll back and run it again with backoff; nothing half-done is ever committed."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self._write() as conn:
+                    return fn(conn)
+            except IntegrityError:
+                if not retry_integrity or attempt == WRITE_ATTEMPTS - 1:
+                    raise
+            except DBAPIError as exc:
+                if not _transient(exc):
+                    raise
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise StoreError(
+                        f"{self.safe_url} stayed locked by other writers through {WRITE_ATTEMPTS} attempts "
+                        f"({SQLITE_BUSY_TIMEOUT_MS // 1000} s wait each on SQLite): {exc.orig}; nothing "
+                        "was written, retry later or move many writers to PostgreSQL") from None
+            time.sleep(random.uniform(0.01, 0.05) * 2 ** attempt)
+        raise AssertionError("unreachable")
+
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction; with `snapshot`, every statement sees the same committed state
+        (SQLite: one read transaction; PostgreSQL: REPEATABLE READ)."""
         with self.engine.connect() as conn:
+            if snapshot and conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
             yield conn
 
     # -- users and sessions --------------------------------------------------------------------------
@@ -94,6 +139,16 @@ class Store:
     @staticmethod
     def _user_pk(conn: Connection, user_id: str) -> int | None:
         return conn.scalar(select(t.users.c.id).where(t.users.c.external_id == user_id))
+
+    @staticmethod
+    def _lock_user(conn: Connection, user_id: str, *, create: bool = False) -> int | None:
+        """The user's id, row-locked for this write transaction (PostgreSQL: FOR UPDATE; SQLite
+        writers are serialised by BEGIN IMMEDIATE), so one user's writes never interleave."""
+        pk = conn.scalar(select(t.users.c.id).where(t.users.c.external_id == user_id).with_for_update())
+        if pk is None and create:
+            pk = conn.execute(t.users.insert().values(
+                external_id=user_id, revision=0, created_at=_now())).inserted_primary_key[0]
+        return pk
 
     def _require_user(self, conn: Connection, user_id: str) -> int:
         pk = self._user_pk(conn, user_id)
@@ -128,60 +183,58 @@ class Store:
         """
         self._check_chunks(session, chunks, embedding_model, vectors)
         digest = session.content_hash()
+
+        def write(conn: Connection) -> AddResult:
+            user_pk = self._lock_user(conn, session.user_id, create=True)
+            row = conn.execute(select(t.sessions.c.id, t.sessions.c.content_hash,
+                                      t.sessions.c.position).where(
+                t.sessions.c.user_id == user_pk, t.sessions.c.external_id == session.session_id)).first()
+            status = "added"
+            position = session.position
+            if row is not None:
+                if row.content_hash == digest and not replace:
+                    return AddResult(session.user_id, session.session_id, "unchanged")
+                if not replace:
+                    raise SessionConflictError(
+                        f"session {session.session_id!r} of user {session.user_id!r} is already "
+                        "stored with different content; pass --replace (replace=True) to overwrite it")
+                conn.execute(delete(t.sessions).where(t.sessions.c.id == row.id))
+                position = row.position if position is None else position
+                status = "replaced"
+            if position is None:
+                last = conn.scalar(select(func.max(t.sessions.c.position))
+                                   .where(t.sessions.c.user_id == user_pk))
+                position = 0 if last is None else last + 1
+            session_pk = conn.execute(t.sessions.insert().values(
+                user_id=user_pk, external_id=session.session_id, date_text=session.date,
+                position=position, content_hash=digest, chunker=chunker,
+                created_at=_now())).inserted_primary_key[0]
+            turn_pks = list(conn.scalars(
+                t.turns.insert().returning(t.turns.c.id, sort_by_parameter_order=True),
+                [{"session_id": session_pk, "position": i, "speaker": turn.speaker,
+                  "text": turn.text, "time_text": turn.time, "image_caption": turn.image_caption,
+                  "external_id": turn.id if turn.id is not None else f"{session.session_id}:{i + 1}"}
+                 for i, turn in enumerate(session.turns)]))
+            chunk_pks = list(conn.scalars(
+                t.chunks.insert().returning(t.chunks.c.id, sort_by_parameter_order=True),
+                [{"session_id": session_pk, "user_id": user_pk, "position": i, "text": c.text}
+                 for i, c in enumerate(chunks)]))
+            conn.execute(t.chunk_turns.insert(), [
+                {"chunk_id": pk, "turn_id": turn_pks[p]}
+                for pk, c in zip(chunk_pks, chunks, strict=True) for p in c.turn_positions])
+            if vectors is not None and embedding_model is not None:
+                self._insert_embeddings(conn, embedding_model, chunk_pks, vectors)
+            self._bump(conn, user_pk)
+            return AddResult(session.user_id, session.session_id, status, len(session.turns), len(chunks))
+
         try:
-            with self._write() as conn:
-                user_pk = self._user_pk(conn, session.user_id)
-                if user_pk is None:
-                    user_pk = conn.execute(t.users.insert().values(
-                        external_id=session.user_id, revision=0, created_at=_now())).inserted_primary_key[0]
-                row = conn.execute(select(t.sessions.c.id, t.sessions.c.content_hash,
-                                          t.sessions.c.position).where(
-                    t.sessions.c.user_id == user_pk, t.sessions.c.external_id == session.session_id)).first()
-                status = "added"
-                position = session.position
-                if row is not None:
-                    if row.content_hash == digest and not replace:
-                        return AddResult(session.user_id, session.session_id, "unchanged")
-                    if not replace:
-                        raise SessionConflictError(
-                            f"session {session.session_id!r} of user {session.user_id!r} is already "
-                            "stored with different content; pass --replace (replace=True) to overwrite it")
-                    conn.execute(delete(t.sessions).where(t.sessions.c.id == row.id))
-                    position = row.position if position is None else position
-                    status = "replaced"
-                if position is None:
-                    last = conn.scalar(select(func.max(t.sessions.c.position))
-                                       .where(t.sessions.c.user_id == user_pk))
-                    position = 0 if last is None else last + 1
-                session_pk = conn.execute(t.sessions.insert().values(
-                    user_id=user_pk, external_id=session.session_id, date_text=session.date,
-                    position=position, content_hash=digest, chunker=chunker,
-                    created_at=_now())).inserted_primary_key[0]
-                turn_pks = list(conn.scalars(
-                    t.turns.insert().returning(t.turns.c.id, sort_by_parameter_order=True),
-                    [{"session_id": session_pk, "position": i, "speaker": turn.speaker,
-                      "text": turn.text, "time_text": turn.time, "image_caption": turn.image_caption,
-                      "external_id": turn.id if turn.id is not None else f"{session.session_id}:{i + 1}"}
-                     for i, turn in enumerate(session.turns)]))
-                chunk_pks = list(conn.scalars(
-                    t.chunks.insert().returning(t.chunks.c.id, sort_by_parameter_order=True),
-                    [{"session_id": session_pk, "user_id": user_pk, "position": i, "text": c.text}
-                     for i, c in enumerate(chunks)]))
-                conn.execute(t.chunk_turns.insert(), [
-                    {"chunk_id": pk, "turn_id": turn_pks[p]}
-                    for pk, c in zip(chunk_pks, chunks, strict=True) for p in c.turn_positions])
-                if vectors is not None and embedding_model is not None:
-                    self._insert_embeddings(conn, embedding_model, chunk_pks, vectors)
-                self._bump(conn, user_pk)
+            # A concurrent writer creating the same user or session first makes the insert fail;
+            # the retry then sees its row and answers `unchanged` or a conflict.
+            return self._write_txn(write, retry_integrity=True)
         except IntegrityError as exc:
-            # A concurrent writer stored the same session first: report what is there now.
-            status_now = self.session_status(session)
-            if status_now == "unchanged":
-                return AddResult(session.user_id, session.session_id, "unchanged")
-            raise SessionConflictError(
-                f"session {session.session_id!r} of user {session.user_id!r} was written concurrently "
-                f"({exc.orig}); run the ingest again") from None
-        return AddResult(session.user_id, session.session_id, status, len(session.turns), len(chunks))
+            raise StoreError(f"could not store session {session.session_id!r} of user "
+                             f"{session.user_id!r}: {exc.orig}") from None
+
 
     @staticmethod
     def _check_chunks(session: SessionIn, chunks: Sequence[ChunkIn], model: str | None,
@@ -254,18 +307,69 @@ class Store:
                                 f"`qrmem sessions --user {user_id}` lists them")
         return pk
 
-    def delete_session(self, user_id: str, session_id: str) -> None:
-        """Delete a session with its turns, chunks, embeddings and summaries."""
-        with self._write() as conn:
-            pk = self._require_session(conn, user_id, session_id)
-            conn.execute(delete(t.sessions).where(t.sessions.c.id == pk))
-            self._bump(conn, self._require_user(conn, user_id))
+    def delete_session(self, user_id: str, session_id: str) -> DeleteResult:
+        """Delete a session with its turns, chunks, embeddings and session summaries, and roll the
+        conversation summary back to the last version written before this session was rolled in
+        (the versions that contain it are deleted too). Sessions rolled in after it then need
+        rolling again: `needs_resummarize` (a `Memory` with a summarizer does it at once)."""
 
-    def delete_user(self, user_id: str) -> None:
+        def write(conn: Connection) -> DeleteResult:
+            user_pk = self._lock_user(conn, user_id)
+            if user_pk is None:
+                self._require_user(conn, user_id)
+            pk = self._require_session(conn, user_id, session_id)
+            turns = conn.scalar(select(func.count()).where(t.turns.c.session_id == pk)) or 0
+            chunks = conn.scalar(select(func.count()).where(t.chunks.c.session_id == pk)) or 0
+            n_summaries = conn.scalar(select(func.count()).where(t.summaries.c.session_id == pk)) or 0
+            conv = conn.execute(select(t.summaries.c.id, t.summaries.c.version, t.summaries.c.meta)
+                                .where(t.summaries.c.user_id == user_pk,
+                                       t.summaries.c.kind == "conversation")
+                                .order_by(t.summaries.c.version)).all()
+            first_with = next((r.version for r in conv
+                               if (r.meta or {}).get("through_session") == session_id), None)
+            rolled_back_to, needs = None, False
+            if first_with is not None:
+                stale = [r.id for r in conv if r.version >= first_with]
+                conn.execute(delete(t.summaries).where(t.summaries.c.id.in_(stale)))
+                n_summaries += len(stale)
+                kept = [r.version for r in conv if r.version < first_with]
+                rolled_back_to = kept[-1] if kept else None
+                needs = any(  # later sessions were rolled in after it
+                    (r.meta or {}).get("through_session") != session_id for r in conv if r.id in stale)
+            conn.execute(delete(t.sessions).where(t.sessions.c.id == pk))
+            self._bump(conn, user_pk)
+            return DeleteResult(user_id, session_id, int(turns), int(chunks), int(n_summaries),
+                                rolled_back_to, needs)
+
+        result = self._write_txn(write)
+        self._after_delete()
+        return result
+
+    def delete_user(self, user_id: str) -> DeleteResult:
         """Delete a user and everything stored for them."""
-        with self._write() as conn:
-            pk = self._require_user(conn, user_id)
+
+        def write(conn: Connection) -> DeleteResult:
+            pk = self._lock_user(conn, user_id)
+            if pk is None:
+                self._require_user(conn, user_id)
+            turns = conn.scalar(select(func.count()).select_from(t.turns).join(
+                t.sessions, t.sessions.c.id == t.turns.c.session_id).where(t.sessions.c.user_id == pk))
+            chunks = conn.scalar(select(func.count()).where(t.chunks.c.user_id == pk))
+            n_summaries = conn.scalar(select(func.count()).where(t.summaries.c.user_id == pk))
             conn.execute(delete(t.users).where(t.users.c.id == pk))
+            return DeleteResult(user_id, None, int(turns or 0), int(chunks or 0), int(n_summaries or 0))
+
+        result = self._write_txn(write)
+        self._after_delete()
+        return result
+
+    def _after_delete(self) -> None:
+        if self.secure_delete and is_sqlite(self.url):
+            # Deleted pages were zeroed in the database file; copies of them may still sit in the
+            # write-ahead log until a checkpoint, so checkpoint and truncate it now.
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.commit()
 
     # -- chunks and embeddings ------------------------------------------------------------------------
 
@@ -276,10 +380,17 @@ class Store:
 
     def chunks(self, user_id: str) -> list[ChunkRecord]:
         """All chunks of a user in conversation order (session position, chunk position)."""
-        with self._read() as conn:
-            user_pk = self._user_pk(conn, user_id)
-            if user_pk is None:
-                return []
+        return self.chunks_at_revision(user_id)[1]
+
+    def chunks_at_revision(self, user_id: str) -> tuple[int | None, list[ChunkRecord]]:
+        """The user's revision and chunks, read from one consistent snapshot (None, [] for an
+        unknown user), so a cache keyed by the revision never holds a mix of two states."""
+        with self._read(snapshot=True) as conn:
+            row = conn.execute(select(t.users.c.id, t.users.c.revision)
+                               .where(t.users.c.external_id == user_id)).first()
+            if row is None:
+                return None, []
+            user_pk, revision = row
             rows = conn.execute(
                 select(t.chunks.c.id, t.sessions.c.external_id, t.sessions.c.date_text,
                        t.sessions.c.position, t.chunks.c.position, t.chunks.c.text)
@@ -293,7 +404,7 @@ class Store:
                     .join(t.chunks, t.chunks.c.id == t.chunk_turns.c.chunk_id)
                     .where(t.chunks.c.user_id == user_pk)):
                 covered[chunk_pk].append((pos, ext))
-        return [
+        return revision, [
             ChunkRecord(chunk_id=r[0], user_id=user_id, session_id=r[1], session_date=r[2],
                         session_position=r[3], position=r[4], text=r[5],
                         turn_ids=tuple(ext for _, ext in sorted(covered[r[0]])))
@@ -310,12 +421,23 @@ class Store:
                 .where(t.users.c.external_id == user_id, t.embeddings.c.model == model))
             return {pk: np.frombuffer(blob, dtype="<f4") for pk, blob in rows}
 
-    def put_embeddings(self, model: str, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
-        """Store vectors for chunks that have none for `model` (e.g. after switching models)."""
+    def put_embeddings(self, model: str, chunk_ids: Sequence[int], vectors: np.ndarray) -> int:
+        """Store vectors for chunks that have none for `model` (e.g. after switching models).
+        Chunks deleted meanwhile, or given vectors by another process first, are skipped.
+        Returns the number stored."""
         if vectors.ndim != 2 or vectors.shape[0] != len(chunk_ids):
             raise InputError(f"expected {len(chunk_ids)} vectors, got shape {vectors.shape}")
-        with self._write() as conn:
-            self._insert_embeddings(conn, model, chunk_ids, vectors)
+
+        def write(conn: Connection) -> int:
+            exists = set(conn.scalars(select(t.chunks.c.id).where(t.chunks.c.id.in_(chunk_ids))))
+            has = set(conn.scalars(select(t.embeddings.c.chunk_id).where(
+                t.embeddings.c.model == model, t.embeddings.c.chunk_id.in_(chunk_ids))))
+            keep = [i for i, pk in enumerate(chunk_ids) if pk in exists and pk not in has]
+            if keep:
+                self._insert_embeddings(conn, model, [chunk_ids[i] for i in keep], vectors[keep])
+            return len(keep)
+
+        return self._write_txn(write, retry_integrity=True)
 
     def embedding_models(self) -> dict[str, int]:
         """Embedding model name -> number of stored vectors."""
@@ -327,26 +449,39 @@ class Store:
     # -- summaries ----------------------------------------------------------------------------------
 
     def add_summary(self, user_id: str, kind: str, text: str, *, session_id: str | None = None,
-                    model: str | None = None, meta: dict[str, Any] | None = None) -> SummaryRecord:
-        """Append a new version of a session or conversation summary."""
+                    model: str | None = None, meta: dict[str, Any] | None = None,
+                    if_version: int | None = None) -> SummaryRecord:
+        """Append a new version of a session or conversation summary. With `if_version`, only if
+        the latest stored version is still that one (0: none yet), else `ConcurrentUpdateError`:
+        two processes rolling the same conversation never both append."""
         if kind not in ("session", "conversation"):
             raise InputError(f"summary kind must be 'session' or 'conversation', got {kind!r}")
         if (kind == "session") != (session_id is not None):
             raise InputError("a session summary needs session_id; a conversation summary takes none")
-        with self._write() as conn:
-            user_pk = self._require_user(conn, user_id)
+        now = _now()
+
+        def write(conn: Connection) -> int:
+            user_pk = self._lock_user(conn, user_id)
+            if user_pk is None:
+                self._require_user(conn, user_id)
             session_pk = self._require_session(conn, user_id, session_id) if session_id else None
             last = conn.scalar(select(func.max(t.summaries.c.version)).where(
                 t.summaries.c.user_id == user_pk, t.summaries.c.kind == kind,
                 t.summaries.c.session_id.is_(None) if session_pk is None
                 else t.summaries.c.session_id == session_pk))
+            if if_version is not None and (last or 0) != if_version:
+                raise ConcurrentUpdateError(
+                    f"the {kind} summary of user {user_id!r} is at version {last or 0}, not {if_version}: "
+                    "another process updated it; read it again")
             version = (last or 0) + 1
-            now = _now()
             conn.execute(t.summaries.insert().values(
                 user_id=user_pk, session_id=session_pk, kind=kind, version=version, text=text,
                 model=model, meta=meta, created_at=now))
             self._bump(conn, user_pk)
-        return SummaryRecord(user_id, kind, session_id, version, text, model, now)
+            return version
+
+        version = self._write_txn(write)
+        return SummaryRecord(user_id, kind, session_id, version, text, model, now, meta)
 
     def summaries(self, user_id: str, *, latest: bool = True) -> list[SummaryRecord]:
         """A user's summaries (by default only the latest version of each)."""
@@ -354,7 +489,8 @@ class Store:
             user_pk = self._require_user(conn, user_id)
             rows = conn.execute(
                 select(t.summaries.c.kind, t.sessions.c.external_id, t.summaries.c.version,
-                       t.summaries.c.text, t.summaries.c.model, t.summaries.c.created_at)
+                       t.summaries.c.text, t.summaries.c.model, t.summaries.c.created_at,
+                       t.summaries.c.meta)
                 .outerjoin(t.sessions, t.sessions.c.id == t.summaries.c.session_id)
                 .where(t.summaries.c.user_id == user_pk)
                 .order_by(t.summaries.c.kind, t.sessions.c.position, t.summaries.c.version)).all()
@@ -375,6 +511,80 @@ class Store:
 
             return StoreCounts(users=n(t.users), sessions=n(t.sessions), turns=n(t.turns),
                                chunks=n(t.chunks), embeddings=n(t.embeddings), summaries=n(t.summaries))
+
+    def check(self) -> CheckReport:
+        """Integrity check of the whole store (`qrmem check`): the database's own checks (SQLite
+        integrity_check and foreign_key_check), orphans, sessions left half-written, embeddings
+        against chunks, summary versions. Read-only."""
+        problems: list[str] = []
+        warnings: list[str] = []
+        checks: list[str] = []
+
+        def expect_none(name: str, query: Any) -> None:
+            checks.append(name)
+            n = int(conn.scalar(select(func.count()).select_from(query.subquery())) or 0)
+            if n:
+                problems.append(f"{name}: {n}")
+
+        with self._read(snapshot=True) as conn:
+            if conn.dialect.name == "sqlite":
+                checks.append("sqlite integrity_check")
+                bad = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check") if r[0] != "ok"]
+                problems += [f"sqlite integrity_check: {m}" for m in bad[:20]]
+                checks.append("sqlite foreign_key_check")
+                fk = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if fk:
+                    problems.append(f"foreign keys violated: {len(fk)} rows, e.g. {tuple(fk[0])}")
+            from .migrations import MIGRATIONS, applied
+
+            checks.append("migrations")
+            missing = [name for name, _ in MIGRATIONS if name not in set(applied(conn))]
+            if missing:
+                problems.append(f"migrations not applied: {missing}")
+            s_, u, tu, c, ct, e, sm = t.sessions, t.users, t.turns, t.chunks, t.chunk_turns, t.embeddings, t.summaries
+            expect_none("sessions without a user", select(s_.c.id).where(~select(u.c.id).where(u.c.id == s_.c.user_id).exists()))
+            expect_none("turns without a session", select(tu.c.id).where(~select(s_.c.id).where(s_.c.id == tu.c.session_id).exists()))
+            expect_none("chunks without a session", select(c.c.id).where(~select(s_.c.id).where(s_.c.id == c.c.session_id).exists()))
+            expect_none("chunks whose user differs from their session's",
+                        select(c.c.id).join(s_, s_.c.id == c.c.session_id).where(s_.c.user_id != c.c.user_id))
+            expect_none("chunk-turn links to a missing chunk or turn", select(ct.c.chunk_id).where(
+                ~select(c.c.id).where(c.c.id == ct.c.chunk_id).exists()
+                | ~select(tu.c.id).where(tu.c.id == ct.c.turn_id).exists()))
+            expect_none("chunk-turn links across sessions", select(ct.c.chunk_id)
+                        .join(c, c.c.id == ct.c.chunk_id).join(tu, tu.c.id == ct.c.turn_id)
+                        .where(c.c.session_id != tu.c.session_id))
+            expect_none("sessions without turns (half-written)", select(s_.c.id).where(
+                ~select(tu.c.id).where(tu.c.session_id == s_.c.id).exists()))
+            expect_none("sessions without chunks (half-written)", select(s_.c.id).where(
+                ~select(c.c.id).where(c.c.session_id == s_.c.id).exists()))
+            expect_none("chunks covering no turn", select(c.c.id).where(
+                ~select(ct.c.chunk_id).where(ct.c.chunk_id == c.c.id).exists()))
+            expect_none("turns in no chunk", select(tu.c.id).where(
+                ~select(ct.c.turn_id).where(ct.c.turn_id == tu.c.id).exists()))
+            expect_none("embeddings without a chunk", select(e.c.chunk_id).where(
+                ~select(c.c.id).where(c.c.id == e.c.chunk_id).exists()))
+            expect_none("embeddings whose size is not dim x 4 bytes",
+                        select(e.c.chunk_id).where(func.length(e.c.vector) != e.c.dim * 4))
+            checks.append("embeddings vs chunks")
+            n_chunks = int(conn.scalar(select(func.count()).select_from(c)) or 0)
+            bare = int(conn.scalar(select(func.count()).select_from(c).where(
+                ~select(e.c.chunk_id).where(e.c.chunk_id == c.c.id).exists())) or 0)
+            if bare:
+                warnings.append(f"{bare} chunks have no vector yet (the next search embeds them)")
+            for model, n, dims in conn.execute(select(e.c.model, func.count(), func.count(e.c.dim.distinct()))
+                                               .group_by(e.c.model)):
+                if n < n_chunks:
+                    warnings.append(f"embedding model {model!r} has vectors for {n} of {n_chunks} chunks")
+                if dims != 1:
+                    problems.append(f"embedding model {model!r}: vectors of {dims} different sizes")
+            expect_none("summaries without a user", select(sm.c.id).where(
+                ~select(u.c.id).where(u.c.id == sm.c.user_id).exists()))
+            expect_none("session summaries without their session", select(sm.c.id).where(
+                sm.c.kind == "session", ~select(s_.c.id).where(s_.c.id == sm.c.session_id).exists()))
+            expect_none("duplicate summary versions", select(sm.c.user_id).group_by(
+                sm.c.user_id, sm.c.kind, sm.c.session_id, sm.c.version).having(func.count() > 1))
+        counts = self.counts()
+        return CheckReport(ok=not problems, counts=counts, problems=problems, warnings=warnings, checks=checks)
 
     def export_user(self, user_id: str) -> dict[str, Any]:
         """A user's memory in the qrmem chat-log format (re-importable with `import_user`)."""

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -149,6 +150,7 @@ class SummaryRecord:
     text: str
     model: str | None
     created_at: datetime
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -173,3 +175,27 @@ class StoreCounts:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What a deletion removed, and what happened to the conversation summary."""
+
+    user_id: str
+    session_id: str | None
+    turns: int
+    chunks: int
+    summaries: int
+    conversation_rolled_back_to: int | None = None  # surviving conversation summary version, if any
+    needs_resummarize: bool = False  # later sessions must be rolled into the conversation again
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The result of `Store.check()` (`qrmem check`)."""
+
+    ok: bool
+    counts: StoreCounts
+    problems: list[str]  # anything here means damage: ok is False
+    warnings: list[str]  # consistent but worth knowing (e.g. chunks not embedded yet)
+    checks: list[str]  # what was checked

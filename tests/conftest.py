@@ -28,8 +28,57 @@ def qr_cache(tmp_path_factory) -> Path:
     return path
 
 
+PG_ENV = "QRMEM_TEST_POSTGRES_URL"  # e.g. postgresql+psycopg://qrmem@127.0.0.1:5432/postgres
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """An engine on the PostgreSQL server named by $QRMEM_TEST_POSTGRES_URL (`.ci/postgres` starts
+    a throwaway one), or a skip saying how to get one."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (source .ci/postgres to start a throwaway server)")
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+def new_pg_database(pg_admin) -> tuple[str, str]:  # noqa: ANN001
+    """A fresh empty database on the test server: (URL, name)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"qrmem_t_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # test-only, name made here
+    return pg_admin.url.set(database=name).render_as_string(hide_password=False), name
+
+
+def drop_pg_database(pg_admin, name: str) -> None:  # noqa: ANN001
+    import sqlalchemy as sa
+
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store under test: a SQLite file, and the same test again on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "memory.db")
+        return
+    admin = request.getfixturevalue("pg_admin")
+    url, name = new_pg_database(admin)
+    yield url
+    drop_pg_database(admin, name)
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> str:
+def sqlite_db(tmp_path: Path) -> str:
+    """A SQLite file, for tests of SQLite-only behaviour (pragmas, the file itself)."""
     return str(tmp_path / "memory.db")
 
 

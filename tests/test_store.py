@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import text
 
 from store import (
@@ -57,8 +56,8 @@ def test_round_trip_through_a_real_file(db: str) -> None:
     np.testing.assert_array_equal(vecs[chunks[0].chunk_id], np.ones(4, dtype=np.float32))
 
 
-def test_sqlite_runs_in_wal_with_foreign_keys(db: str) -> None:
-    store = Store(db)
+def test_sqlite_runs_in_wal_with_foreign_keys(sqlite_db: str) -> None:
+    store = Store(sqlite_db)
     add(store, session())
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -166,17 +165,18 @@ def test_session_positions_follow_arrival_unless_given(db: str) -> None:
 
 def test_migrations_are_recorded_once(db: str) -> None:
     Store(db).counts()
-    Store(db).counts()
-    con = sqlite3.connect(db)
-    names = [r[0] for r in con.execute("SELECT name FROM schema_migrations")]
+    store = Store(db)
+    store.counts()
+    with store.engine.connect() as conn:
+        names = list(conn.scalars(sa.text("SELECT name FROM schema_migrations")))
     assert names == [name for name, _ in MIGRATIONS]
 
 
 def test_a_database_from_a_newer_qrmem_is_refused(db: str) -> None:
-    Store(db).counts()
-    con = sqlite3.connect(db)
-    con.execute("INSERT INTO schema_migrations VALUES ('m999_future', '2030-01-01')")
-    con.commit()
+    store = Store(db)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO schema_migrations VALUES ('m999_future', '2030-01-01')"))
+    store.close()
     with pytest.raises(StoreError, match="upgrade qrmem"):
         Store(db).counts()
 
