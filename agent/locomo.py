@@ -72,8 +72,10 @@ def download(dest: Path) -> Path:
 
 def parse_categories(text: str | None) -> list[int] | None:
     """'1,2,3,4' -> [1, 2, 3, 4]; None or '' -> None (all categories)."""
-    if not text:
+    if text is None or text == "":
         return None
+    if not isinstance(text, str):
+        raise InputError(f"--categories takes numbers 1-5 separated by commas, got {text!r}")
     try:
         cats = sorted({int(c) for c in text.split(",") if c.strip()})
     except ValueError:
@@ -104,6 +106,11 @@ def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool
     sessions = sorted(load_file(data_path), key=lambda s: (s.user_id, s.position or 0))
     wanted = {str(s["sample_id"]) for s in samples}
     ingest = memory.add_sessions([s for s in sessions if s.user_id in wanted], progress=progress)
+    if cfg.summaries and memory.summarizer is not None:  # a resumed run finishes pending summaries
+        t0 = time.perf_counter()
+        for user in sorted(wanted):
+            memory.summarize(user)
+        ingest.summary_seconds += time.perf_counter() - t0
     questions = [(str(s["sample_id"]), i, qa) for s in samples for i, qa in enumerate(s.get("qa", []))
                  if cfg.categories is None or int(qa.get("category", 0)) in cfg.categories]
     if cfg.limit is not None:

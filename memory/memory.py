@@ -130,9 +130,9 @@ class Memory:
                     replace: bool = False, summarize: bool = True) -> AddResult:
         """Store one session of turns (dicts with speaker, text and optional time/id) for a user."""
         try:
-            session = SessionIn(user_id=user_id, session_id=session_id or uuid.uuid4().hex[:12],
-                                date=date, turns=[TurnIn.model_validate(t) if isinstance(t, Mapping)
-                                                  else t for t in turns])
+            session = SessionIn.model_validate({
+                "user_id": user_id, "session_id": uuid.uuid4().hex[:12] if session_id is None else session_id,
+                "date": date, "turns": turns})
         except ValidationError as exc:
             err = exc.errors()[0]
             raise InputError(err["msg"], field=".".join(map(str, err["loc"])) or None) from None
@@ -272,8 +272,8 @@ class Memory:
         """
         if rerank:
             pool = rerank_k or self.rerank_k
-            if pool < 1:
-                raise InputError(f"rerank_k must be >= 1, got {pool}")
+            if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+                raise InputError(f"rerank_k must be an integer >= 1, got {pool!r}")
             first = self.search(user_id, query, k=max(pool, 1), mode=mode)
             if not first:
                 return []
@@ -285,8 +285,12 @@ class Memory:
             raise InputError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")
         if not isinstance(query, str) or not query.strip():
             raise InputError("query must be a non-empty string")
-        if k < 1:
-            raise InputError(f"k must be >= 1, got {k}")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("query is not valid Unicode (it holds a lone surrogate)") from None
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"k must be an integer >= 1, got {k!r}")
         index = self._user_index(user_id)
         n = len(index.chunks)
         if n == 0:

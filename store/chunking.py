@@ -70,6 +70,8 @@ CHUNKERS: dict[str, type[Chunker]] = {"turn": TurnChunker, "window": WindowChunk
 
 def make_chunker(spec: str = "turn") -> Chunker:
     """`turn`, `window` (4 turns, overlap 1) or `window:SIZE:OVERLAP`."""
+    if not isinstance(spec, str):
+        raise InputError(f"a chunker is named by a string such as 'turn' or 'window:4:1', got {spec!r}")
     name, _, rest = spec.partition(":")
     if name not in CHUNKERS:
         raise InputError(f"unknown chunker {spec!r}; choose one of {sorted(CHUNKERS)}")
@@ -81,4 +83,6 @@ def make_chunker(spec: str = "turn") -> Chunker:
         args = [int(x) for x in rest.split(":")] if rest else []
     except ValueError:
         raise InputError(f"bad window chunker {spec!r}; use window:SIZE:OVERLAP") from None
+    if len(args) > 2:
+        raise InputError(f"bad window chunker {spec!r}; use window:SIZE:OVERLAP")
     return WindowChunker(*args)

@@ -161,6 +161,8 @@ def parse_jsonl(text: str, source: str) -> list[SessionIn]:
         except json.JSONDecodeError as exc:
             raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=source,
                              record=f"line {n}") from None
+        except RecursionError:
+            raise InputError("JSON nested too deeply", source=source, record=f"line {n}") from None
         if not isinstance(obj, dict):
             raise InputError("expected a JSON object", source=source, record=f"line {n}")
         out.append(_build(source, f"line {n}", "", obj))

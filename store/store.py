@@ -26,6 +26,7 @@ from .db import SQLITE_BUSY_TIMEOUT_MS, create_store_engine, is_sqlite, resolve_
 from .errors import ConcurrentUpdateError, InputError, NotFoundError, SessionConflictError, StoreError
 from .migrations import migrate
 from .types import (
+    check_key,
     AddResult,
     CheckReport,
     ChunkIn,
@@ -138,12 +139,14 @@ class Store:
 
     @staticmethod
     def _user_pk(conn: Connection, user_id: str) -> int | None:
+        user_id = check_key(user_id, "user id")
         return conn.scalar(select(t.users.c.id).where(t.users.c.external_id == user_id))
 
     @staticmethod
     def _lock_user(conn: Connection, user_id: str, *, create: bool = False) -> int | None:
         """The user's id, row-locked for this write transaction (PostgreSQL: FOR UPDATE; SQLite
         writers are serialised by BEGIN IMMEDIATE), so one user's writes never interleave."""
+        user_id = check_key(user_id, "user id")
         pk = conn.scalar(select(t.users.c.id).where(t.users.c.external_id == user_id).with_for_update())
         if pk is None and create:
             pk = conn.execute(t.users.insert().values(
@@ -299,6 +302,7 @@ class Store:
             return [TurnRecord(*r) for r in rows]
 
     def _require_session(self, conn: Connection, user_id: str, session_id: str) -> int:
+        session_id = check_key(session_id, "session id")
         user_pk = self._require_user(conn, user_id)
         pk = conn.scalar(select(t.sessions.c.id).where(
             t.sessions.c.user_id == user_pk, t.sessions.c.external_id == session_id))
@@ -375,6 +379,7 @@ class Store:
 
     def revision(self, user_id: str) -> int | None:
         """The user's write counter (None if the user does not exist)."""
+        user_id = check_key(user_id, "user id")
         with self._read() as conn:
             return conn.scalar(select(t.users.c.revision).where(t.users.c.external_id == user_id))
 
@@ -385,6 +390,7 @@ class Store:
     def chunks_at_revision(self, user_id: str) -> tuple[int | None, list[ChunkRecord]]:
         """The user's revision and chunks, read from one consistent snapshot (None, [] for an
         unknown user), so a cache keyed by the revision never holds a mix of two states."""
+        user_id = check_key(user_id, "user id")
         with self._read(snapshot=True) as conn:
             row = conn.execute(select(t.users.c.id, t.users.c.revision)
                                .where(t.users.c.external_id == user_id)).first()
@@ -413,6 +419,7 @@ class Store:
 
     def embeddings(self, user_id: str, model: str) -> dict[int, np.ndarray]:
         """Stored vectors of a user's chunks for one model, by chunk id."""
+        user_id = check_key(user_id, "user id")
         with self._read() as conn:
             rows = conn.execute(
                 select(t.embeddings.c.chunk_id, t.embeddings.c.vector)

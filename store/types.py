@@ -14,7 +14,31 @@ MAX_ID_LEN = 200
 MAX_TEXT_LEN = 100_000
 
 
+def _storable(value: str, what: str) -> str:
+    """Text every backend stores faithfully: no NUL characters, valid Unicode (no lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+def check_key(value: object, what: str) -> str:
+    """A user or session id as given to a lookup: the same rules as on ingest, as an InputError."""
+    from .errors import InputError
+
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be a string, got {type(value).__name__}")
+    try:
+        return _clean_id(value, what)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _clean_id(value: str, what: str) -> str:
+    _storable(value, what)
     value = value.strip()
     if not value:
         raise ValueError(f"{what} must not be empty")
@@ -48,9 +72,15 @@ class TurnIn(BaseModel):
             raise ValueError("text must not be empty")
         if len(v) > MAX_TEXT_LEN:
             raise ValueError(f"text is longer than {MAX_TEXT_LEN} characters")
-        if "\x00" in v:
-            raise ValueError("text must not contain NUL characters")
-        return v
+        return _storable(v, "text")
+
+    @field_validator("time", "image_caption")
+    @classmethod
+    def _optional_text(cls, v: str | None, info: ValidationInfo) -> str | None:
+        limit = MAX_ID_LEN if info.field_name == "time" else MAX_TEXT_LEN
+        if v is not None and len(v) > limit:
+            raise ValueError(f"{info.field_name} is longer than {limit} characters")
+        return None if v is None else _storable(v, info.field_name)
 
     @field_validator("id")
     @classmethod
@@ -73,6 +103,20 @@ class SessionIn(BaseModel):
     @classmethod
     def _ids(cls, v: str, info: ValidationInfo) -> str:
         return _clean_id(v, info.field_name)
+
+    @field_validator("date")
+    @classmethod
+    def _date(cls, v: str | None) -> str | None:
+        if v is not None and len(v) > MAX_ID_LEN:
+            raise ValueError(f"date is longer than {MAX_ID_LEN} characters")
+        return None if v is None else _storable(v, "date")
+
+    @field_validator("position")
+    @classmethod
+    def _position(cls, v: int | None) -> int | None:
+        if v is not None and not -(2**31) <= v < 2**31:
+            raise ValueError("position must fit in 32 bits")
+        return v
 
     @model_validator(mode="after")
     def _unique_turn_ids(self) -> SessionIn:

@@ -68,8 +68,8 @@ def test_planted_needle_ranks_first(smol, position: int) -> None:
     assert ranked[0].index == position, [(r.index, round(r.score, 3)) for r in ranked]
 
 
-def test_memory_search_with_the_default_reranker(db: str, smol, minilm) -> None:
-    mem = Memory(db, embedder=minilm, reranker=smol[0])
+def test_memory_search_with_the_default_reranker(sqlite_db: str, smol, minilm) -> None:
+    mem = Memory(sqlite_db, embedder=minilm, reranker=smol[0])
     mem.ingest_file(TINY_LOCOMO)
     hits = mem.search("tiny-1", "What is the name of Ana's kitten?", k=3, rerank=True)
     assert hits[0].turn_ids == ("D1:3",)

@@ -30,6 +30,8 @@ HeadSpec = str | Iterable[str | Head | tuple[int, int] | Sequence[int]]
 
 def parse_heads(spec: HeadSpec) -> tuple[Head, ...]:
     """Heads from `"20-15,21-11"`, a list of such strings, (layer, head) pairs or `Head`s; order kept."""
+    if not isinstance(spec, (str, Iterable)) or isinstance(spec, (bytes, dict)):
+        raise InputError(f"bad head list {spec!r}: write heads as LAYER-HEAD,..., e.g. 20-15,21-11")
     items: Iterable[Any] = spec.split(",") if isinstance(spec, str) else spec
     out: list[Head] = []
     for item in items:
@@ -40,7 +42,8 @@ def parse_heads(spec: HeadSpec) -> tuple[Head, ...]:
             if not m:
                 raise InputError(f"bad head {item!r}: write heads as LAYER-HEAD, e.g. 20-15")
             head = Head(int(m.group(1)), int(m.group(2)))
-        elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(x, int) for x in item):
+        elif (isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2
+              and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in item)):
             head = Head(int(item[0]), int(item[1]))
         else:
             raise InputError(f"bad head {item!r}: write heads as LAYER-HEAD, e.g. 20-15")

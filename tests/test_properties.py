@@ -1,0 +1,186 @@
+"""Property-based tests (hypothesis) of every parser and of the public API: whatever comes in
+(arbitrary unicode, huge strings, NUL bytes, lone surrogates, wrong types, missing keys, deep
+nesting), the answer is a correct result or a clear `QrmemError`, never a traceback from deep
+inside and never a partial write. Example counts are fixed per property (see `EXAMPLES`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.locomo import parse_categories
+from memory import HashingEmbedder, Memory
+from memory.evaluation import parse_evidence
+from memory.qr.data import parse_records
+from memory.qr.heads import parse_heads
+from store import InputError, QrmemError, make_chunker, parse_obj
+from store.formats import load_file, parse_jsonl
+
+EXAMPLES = {"parser": 300, "api": 60}
+FAST = settings(max_examples=EXAMPLES["parser"], deadline=None)
+DB = settings(max_examples=EXAMPLES["api"], deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+# Text that stresses storage: any code point (NUL and lone surrogates included), some long.
+nasty_text = st.one_of(
+    st.text(st.characters(), max_size=40),
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=10),
+    st.sampled_from(["\x00", "a\x00b", "\ud800", "x" * 200_000, "  ", "", "🦀" * 300, "\u202e\u200b"]),
+)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                    nasty_text)
+json_like = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                                         st.dictionaries(nasty_text, kids, max_size=4)),
+                         max_leaves=25)
+
+turn = st.fixed_dictionaries({"speaker": st.one_of(nasty_text, st.sampled_from(["Ana", "Ben"]))},
+                             optional={"text": st.one_of(nasty_text, scalars), "time": scalars,
+                                       "id": scalars, "image_caption": scalars, "extra": scalars})
+locomo_sample = st.fixed_dictionaries(
+    {"conversation": st.one_of(
+        st.fixed_dictionaries({"speaker_a": st.just("Ana"), "speaker_b": st.just("Ben"),
+                               "session_1": st.lists(turn, max_size=3)},
+                              optional={"session_1_date_time": scalars, "session_2": json_like}),
+        json_like)},
+    optional={"sample_id": scalars, "qa": json_like})
+user_log = st.fixed_dictionaries(
+    {"user_id": scalars, "sessions": st.one_of(
+        st.lists(st.fixed_dictionaries({"session_id": scalars, "turns": st.lists(turn, max_size=3)},
+                                       optional={"date": scalars, "position": scalars}), max_size=3),
+        json_like)},
+    optional={"speakers": json_like, "format": scalars})
+
+
+def _ok_or_clear(fn, *args) -> object:  # noqa: ANN001
+    """Call fn; a QrmemError is a clear answer, anything else escapes and fails the test."""
+    try:
+        return fn(*args)
+    except QrmemError as exc:
+        assert str(exc).strip()
+        return exc
+
+
+def _valid_sessions(result) -> None:  # noqa: ANN001
+    if isinstance(result, QrmemError):
+        return
+    for s in result:
+        assert s.user_id.strip() and s.session_id.strip() and s.turns
+        for t in s.turns:
+            assert t.text.strip() and "\x00" not in t.text
+            t.text.encode("utf-8")  # storable: no lone surrogates
+
+
+@FAST
+@given(st.one_of(locomo_sample, st.lists(locomo_sample, max_size=3), json_like))
+def test_locomo_parser(data) -> None:  # noqa: ANN001
+    _valid_sessions(_ok_or_clear(parse_obj, data, "x.json", "locomo"))
+
+
+@FAST
+@given(st.one_of(user_log, st.lists(user_log, max_size=3), json_like))
+def test_qrmem_log_parser(data) -> None:  # noqa: ANN001
+    _valid_sessions(_ok_or_clear(parse_obj, data, "x.json", "qrmem"))
+    _valid_sessions(_ok_or_clear(parse_obj, data, "x.json", "auto"))
+
+
+@FAST
+@given(st.lists(st.one_of(nasty_text, user_log.map(json.dumps), json_like.map(json.dumps)), max_size=4))
+def test_jsonl_parser(lines) -> None:  # noqa: ANN001
+    _valid_sessions(_ok_or_clear(parse_jsonl, "\n".join(lines), "x.jsonl"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=300), st.just(b"[" * 100_000), st.just(b'{"a":' * 50_000),
+                 st.just(b"\xff\xfe\x00"), json_like.map(lambda d: json.dumps(d).encode())))
+def test_load_file_on_arbitrary_bytes(tmp_path: Path, raw: bytes) -> None:
+    for name in ("x.json", "x.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(raw)
+        _valid_sessions(_ok_or_clear(load_file, path))
+
+
+@FAST
+@given(st.one_of(nasty_text, scalars, st.lists(scalars, max_size=3)))
+def test_small_parsers(value) -> None:  # noqa: ANN001
+    for fn in (make_chunker, parse_categories):
+        _ok_or_clear(fn, value)
+    result = _ok_or_clear(parse_evidence, value if isinstance(value, list) else [value])
+    assert isinstance(result, (list, QrmemError))
+    heads = _ok_or_clear(parse_heads, value)
+    if not isinstance(heads, QrmemError):
+        assert heads and all(h.layer >= 0 and h.head >= 0 for h in heads)
+
+
+@FAST
+@given(st.one_of(json_like, st.lists(st.fixed_dictionaries(
+    {"question": scalars, "paragraphs": st.lists(st.fixed_dictionaries({"text": scalars}, optional={
+        "is_supporting": scalars, "title": scalars}), max_size=3)}), max_size=3)))
+def test_card_record_parser(data) -> None:  # noqa: ANN001
+    result = _ok_or_clear(parse_records, data if isinstance(data, list) else [data], "r.json")
+    if not isinstance(result, QrmemError):
+        assert all(r.question.strip() and r.paragraphs for r in result)
+
+
+# -- the public API on a real store (SQLite and PostgreSQL) ---------------------------------------
+
+@pytest.fixture
+def mem(db: str) -> Memory:
+    m = Memory(db, embedder=HashingEmbedder(32))
+    m.add_session("keep", [{"speaker": "a", "text": "a fact that must survive"}], session_id="base")
+    return m
+
+
+@DB
+@given(user=st.one_of(nasty_text, scalars), session_id=st.one_of(nasty_text, scalars),
+       date=scalars, turns=st.one_of(st.lists(turn, max_size=3), json_like))
+def test_add_session_stores_exactly_or_writes_nothing(mem: Memory, user, session_id, date, turns) -> None:  # noqa: ANN001
+    before = mem.store.counts()
+    try:
+        result = mem.add_session(user, turns, session_id=session_id, date=date)
+    except QrmemError as exc:
+        assert str(exc).strip()
+        assert mem.store.counts() == before  # never a partial write
+        return
+    assert result.status in ("added", "unchanged")
+    stored = mem.store.turns(result.user_id, result.session_id)
+    assert [t.text for t in stored] == [t["text"] for t in turns]
+    assert mem.check().ok
+
+
+@DB
+@given(user=st.one_of(nasty_text, scalars), query=st.one_of(nasty_text, scalars),
+       k=st.one_of(st.integers(-5, 50), scalars), mode=st.sampled_from([None, "dense", "bm25", "hybrid", "x"]))
+def test_search_answers_or_refuses_clearly(mem: Memory, user, query, k, mode) -> None:  # noqa: ANN001
+    try:
+        hits = mem.search(user, query, k=k, mode=mode)
+    except QrmemError as exc:
+        assert str(exc).strip()
+        return
+    assert len(hits) <= k and all(h.user_id == user for h in hits)
+
+
+@DB
+@given(user=st.one_of(nasty_text, scalars), session_id=st.one_of(nasty_text, scalars))
+def test_delete_and_export_of_unknown_ids_are_clear(mem: Memory, user, session_id) -> None:  # noqa: ANN001
+    before = mem.store.counts()
+    for call in (lambda: mem.delete_session(user, session_id), lambda: mem.export_user(user),
+                 lambda: mem.summaries(user)):
+        try:
+            call()
+        except QrmemError as exc:
+            assert str(exc).strip()
+    if user != "keep":
+        assert mem.store.counts() == before
+    assert mem.search("keep", "fact survive", k=1)[0].text.endswith("a fact that must survive") \
+        or user == "keep"
+
+
+def test_wrong_types_name_the_field(mem: Memory) -> None:
+    with pytest.raises(InputError, match="field turns.0"):
+        mem.add_session("u", ["not a dict"])  # type: ignore[list-item]
+    with pytest.raises(InputError, match="field turns.0.text"):
+        mem.add_session("u", [{"speaker": "a", "text": 7}])
