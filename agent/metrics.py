@@ -22,7 +22,7 @@ ABSTAIN = ("no information available", "not mentioned")
 
 
 @lru_cache(maxsize=1)
-def _porter():  # noqa: ANN202
+def _porter():
     import Stemmer
 
     return Stemmer.Stemmer("porter")

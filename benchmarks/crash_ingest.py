@@ -33,8 +33,9 @@ def turns_of(session_id: str, n: int) -> list[dict[str, str]]:
 
 def worker(db: str, run: int, turns: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from memory import HashingEmbedder, Memory
     from store_load import _summarizer
+
+    from memory import HashingEmbedder, Memory
 
     mem = Memory(db, embedder=HashingEmbedder(64), summarizer=_summarizer())
     for i in range(10_000):

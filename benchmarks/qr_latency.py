@@ -33,7 +33,7 @@ def rss_kb(field: str) -> int:
     return 0
 
 
-def peak_added(fn):  # noqa: ANN001, ANN201
+def peak_added(fn):
     """Run fn(); return (seconds, MiB of peak RSS above the RSS before it)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS

@@ -22,7 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from memory import Memory
-from memory.evaluation import first_stage_candidates, locomo_questions, ndcg_at_k, recall_at_k
+from memory.evaluation import (
+    first_stage_candidates,
+    locomo_questions,
+    ndcg_at_k,
+    recall_at_k,
+)
 from memory.qr import QRRanker
 from memory.qr.detect import head_quality, top_heads
 
@@ -30,7 +35,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/locomo/
 SETTINGS = {"k20_date": (20, True), "k20_nodate": (20, False), "k50_date": (50, True)}
 
 
-def collect(ranker, cands, use_dates, store, prefix, save):  # noqa: ANN001, ANN201
+def collect(ranker, cands, use_dates, store, prefix, save):
     t0 = time.perf_counter()
     done = 0
     for i, c in enumerate(cands):
@@ -47,7 +52,7 @@ def collect(ranker, cands, use_dates, store, prefix, save):  # noqa: ANN001, ANN
     save()
 
 
-def evaluate(scores_list, cands, k_recall=5):  # noqa: ANN001, ANN201
+def evaluate(scores_list, cands, k_recall=5):
     rec, nd = [], []
     for s, c in zip(scores_list, cands, strict=True):
         order = sorted(range(len(s)), key=lambda i: (-s[i], i))
@@ -99,7 +104,7 @@ def main() -> None:
         print(f"collecting {name}: {len(cands)} questions", flush=True)
         collect(ranker, cands, dates, store, name, save)
 
-    def arr(prefix, i, kind):  # noqa: ANN001, ANN202
+    def arr(prefix, i, kind):
         return store[f"{prefix}/{i}/{kind}"]
 
     seed_cands = sets["seed"][0]

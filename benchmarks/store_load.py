@@ -41,23 +41,23 @@ def turns_of(session_id: str) -> list[dict[str, str]]:
             for i in range(TURNS)]
 
 
-def _summarizer():  # noqa: ANN202
+def _summarizer():
     from memory import Summarizer
     from memory.generators import Generator
 
     class Ids(Summarizer):
         """Deterministic summaries: a session's summary is its id, a roll appends it."""
 
-        def summarize_session(self, turns, date):  # noqa: ANN001, ANN202
+        def summarize_session(self, turns, date):
             return turns[0].text.split()[0]
 
-        def roll(self, previous, session_summary, date):  # noqa: ANN001, ANN202
+        def roll(self, previous, session_summary, date):
             return session_summary if not previous else f"{previous}|{session_summary}"
 
     class Never(Generator):
         name = "ids"
 
-        def generate(self, messages, options):  # noqa: ANN001, ANN202
+        def generate(self, messages, options):
             raise AssertionError("not used")
 
     return Ids(Never())
@@ -105,7 +105,7 @@ def reader(db: str, index: int, users: int, stop_file: str, seed: int) -> dict:
 
 def verify(db: str, writers: int, sessions: int, shared: int, users: int) -> dict:
     from memory import Memory
-    from store import Store
+    from store import NotFoundError, Store
 
     expected = sorted({sid for w in range(writers) for sid in session_ids(w, sessions, shared)})
     store = Store(db)
@@ -117,7 +117,7 @@ def verify(db: str, writers: int, sessions: int, shared: int, users: int) -> dic
         user = f"user{u}"
         try:
             infos = store.sessions(user)
-        except Exception:  # noqa: BLE001 - a user with no sessions at all
+        except NotFoundError:  # a user no session was assigned to
             continue
         found += [s.session_id for s in infos]
         for s in infos:

@@ -8,20 +8,45 @@ from .embedders import (
     load_embedder,
 )
 from .fusion import dense_scores, rrf, top_k
+from .generators import (
+    GENERATORS,
+    Generator,
+    OpenAIGenerator,
+    TransformersGenerator,
+    load_generator,
+)
 from .lexical import BM25Index
 from .memory import SEARCH_MODES, Memory, index_text
 from .qr import QRRanker  # light: torch is imported when a model loads
-from .generators import GENERATORS, Generator, OpenAIGenerator, TransformersGenerator, load_generator
-from .summaries import Summarizer
 from .rerankers import RERANKERS, RankedResult, RankedResults, Reranker, load_reranker
+from .summaries import Summarizer
 from .types import IngestReport, SearchHit
 
-
-
 __all__ = [
-    "GENERATORS", "Generator", "OpenAIGenerator", "Summarizer", "TransformersGenerator", "load_generator",
-    "RERANKERS", "QRRanker", "RankedResult", "RankedResults", "Reranker", "load_reranker",
-    "EMBEDDERS", "SEARCH_MODES", "BM25Index", "Embedder", "HashingEmbedder", "IngestReport", "Memory",
-    "SearchHit", "SentenceTransformerEmbedder", "dense_scores", "index_text", "load_embedder", "rrf",
+    "EMBEDDERS",
+    "GENERATORS",
+    "RERANKERS",
+    "SEARCH_MODES",
+    "BM25Index",
+    "Embedder",
+    "Generator",
+    "HashingEmbedder",
+    "IngestReport",
+    "Memory",
+    "OpenAIGenerator",
+    "QRRanker",
+    "RankedResult",
+    "RankedResults",
+    "Reranker",
+    "SearchHit",
+    "SentenceTransformerEmbedder",
+    "Summarizer",
+    "TransformersGenerator",
+    "dense_scores",
+    "index_text",
+    "load_embedder",
+    "load_generator",
+    "load_reranker",
+    "rrf",
     "top_k",
 ]

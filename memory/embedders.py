@@ -65,7 +65,7 @@ class SentenceTransformerEmbedder(Embedder):
         self.model_kwargs = model_kwargs or {}
         self._model = None
 
-    def _load(self):  # noqa: ANN202
+    def _load(self):
         try:
             from sentence_transformers import SentenceTransformer
         except ModuleNotFoundError:

@@ -13,7 +13,7 @@ _TOKEN = re.compile(r"\w\w+", re.UNICODE)
 
 
 @lru_cache(maxsize=1)
-def _stemmer():  # noqa: ANN202
+def _stemmer():
     import Stemmer
 
     return Stemmer.Stemmer("english")

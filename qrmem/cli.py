@@ -50,7 +50,7 @@ def handle_errors(fn: F) -> F:
 
 
 def open_memory(db: str | None, embedder: str | None = None, chunker: str = "turn",
-                reranker=None) -> Memory:  # noqa: ANN001
+                reranker=None) -> Memory:
     from memory import Memory
 
     return Memory(db, embedder=embedder, chunker=chunker, reranker=reranker)
@@ -69,7 +69,7 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code",
 
 
 def load_qr(model: str | None, heads: str | None, calibrate: bool | None, device: str | None, dtype: str,
-            trust_remote_code: bool):  # noqa: ANN201
+            trust_remote_code: bool):
     from memory import QRRanker
 
     options = {} if calibrate is None else {"calibrate": calibrate}

@@ -1,7 +1,14 @@
 """qrmem's durable store: SQLite (or any SQLAlchemy URL) holding sessions, turns, chunks,
 embeddings and summaries. Knows nothing of models."""
 
-from .chunking import CHUNKERS, Chunker, TurnChunker, WindowChunker, make_chunker, render_turn
+from .chunking import (
+    CHUNKERS,
+    Chunker,
+    TurnChunker,
+    WindowChunker,
+    make_chunker,
+    render_turn,
+)
 from .db import default_db_path, resolve_url
 from .errors import (
     ConcurrentUpdateError,
@@ -31,9 +38,35 @@ from .types import (
 )
 
 __all__ = [
-    "CHUNKERS", "AddResult", "ConcurrentUpdateError", "CheckReport", "ChunkIn", "ChunkRecord", "Chunker", "DeleteResult", "InputError",
-    "MissingDependencyError", "ModelLoadError", "NotFoundError", "QrmemError", "SessionConflictError",
-    "SessionIn", "SessionInfo", "Store", "StoreCounts", "StoreError", "SummaryRecord", "TurnChunker",
-    "TurnIn", "TurnRecord", "UserInfo", "WindowChunker", "default_db_path", "load_file",
-    "make_chunker", "parse_obj", "render_turn", "resolve_url",
+    "CHUNKERS",
+    "AddResult",
+    "CheckReport",
+    "ChunkIn",
+    "ChunkRecord",
+    "Chunker",
+    "ConcurrentUpdateError",
+    "DeleteResult",
+    "InputError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "NotFoundError",
+    "QrmemError",
+    "SessionConflictError",
+    "SessionIn",
+    "SessionInfo",
+    "Store",
+    "StoreCounts",
+    "StoreError",
+    "SummaryRecord",
+    "TurnChunker",
+    "TurnIn",
+    "TurnRecord",
+    "UserInfo",
+    "WindowChunker",
+    "default_db_path",
+    "load_file",
+    "make_chunker",
+    "parse_obj",
+    "render_turn",
+    "resolve_url",
 ]

@@ -53,7 +53,7 @@ def resolve_url(db: str | os.PathLike[str] | None) -> str:
 
 def _sqlite_setup(engine: Engine, secure_delete: bool) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_conn, _record) -> None:
         # Let SQLAlchemy's BEGIN below drive transactions (pysqlite's own handling is lax).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -66,7 +66,7 @@ def _sqlite_setup(engine: Engine, secure_delete: bool) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:  # noqa: ANN001
+    def _on_begin(conn) -> None:
         # Writers take the lock up front, so a read-then-write transaction never fails to upgrade.
         write = conn.get_execution_options().get("qrmem_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -23,10 +23,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from . import schema as t
 from .db import SQLITE_BUSY_TIMEOUT_MS, create_store_engine, is_sqlite, resolve_url
-from .errors import ConcurrentUpdateError, InputError, NotFoundError, SessionConflictError, StoreError
+from .errors import (
+    ConcurrentUpdateError,
+    InputError,
+    NotFoundError,
+    SessionConflictError,
+    StoreError,
+)
 from .migrations import migrate
 from .types import (
-    check_key,
     AddResult,
     CheckReport,
     ChunkIn,
@@ -38,6 +43,7 @@ from .types import (
     SummaryRecord,
     TurnRecord,
     UserInfo,
+    check_key,
 )
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ def pg_admin():
     engine.dispose()
 
 
-def new_pg_database(pg_admin) -> tuple[str, str]:  # noqa: ANN001
+def new_pg_database(pg_admin) -> tuple[str, str]:
     """A fresh empty database on the test server: (URL, name)."""
     import uuid
 
@@ -57,7 +57,7 @@ def new_pg_database(pg_admin) -> tuple[str, str]:  # noqa: ANN001
     return pg_admin.url.set(database=name).render_as_string(hide_password=False), name
 
 
-def drop_pg_database(pg_admin, name: str) -> None:  # noqa: ANN001
+def drop_pg_database(pg_admin, name: str) -> None:
     import sqlalchemy as sa
 
     with pg_admin.connect() as conn:
@@ -113,7 +113,7 @@ TINY_CORPUS = [
 ]
 
 
-def _tiny_tokenizer():  # noqa: ANN202
+def _tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -175,7 +175,7 @@ def chat_server():
     state = {"requests": [], "script": []}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state["requests"].append({"path": self.path, "body": body,
                                       "auth": self.headers.get("Authorization")})
@@ -188,7 +188,7 @@ def chat_server():
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
     httpd = HTTPServer(("127.0.0.1", 0), Handler)

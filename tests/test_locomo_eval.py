@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from agent.locomo import EvalConfig, TINY, run
+from agent.locomo import TINY, EvalConfig, run
 from memory import HashingEmbedder, Memory
 from memory.generators import Generator
 from qrmem.cli import app

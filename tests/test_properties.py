@@ -55,7 +55,7 @@ user_log = st.fixed_dictionaries(
     optional={"speakers": json_like, "format": scalars})
 
 
-def _ok_or_clear(fn, *args) -> object:  # noqa: ANN001
+def _ok_or_clear(fn, *args) -> object:
     """Call fn; a QrmemError is a clear answer, anything else escapes and fails the test."""
     try:
         return fn(*args)
@@ -64,7 +64,7 @@ def _ok_or_clear(fn, *args) -> object:  # noqa: ANN001
         return exc
 
 
-def _valid_sessions(result) -> None:  # noqa: ANN001
+def _valid_sessions(result) -> None:
     if isinstance(result, QrmemError):
         return
     for s in result:
@@ -76,20 +76,20 @@ def _valid_sessions(result) -> None:  # noqa: ANN001
 
 @FAST
 @given(st.one_of(locomo_sample, st.lists(locomo_sample, max_size=3), json_like))
-def test_locomo_parser(data) -> None:  # noqa: ANN001
+def test_locomo_parser(data) -> None:
     _valid_sessions(_ok_or_clear(parse_obj, data, "x.json", "locomo"))
 
 
 @FAST
 @given(st.one_of(user_log, st.lists(user_log, max_size=3), json_like))
-def test_qrmem_log_parser(data) -> None:  # noqa: ANN001
+def test_qrmem_log_parser(data) -> None:
     _valid_sessions(_ok_or_clear(parse_obj, data, "x.json", "qrmem"))
     _valid_sessions(_ok_or_clear(parse_obj, data, "x.json", "auto"))
 
 
 @FAST
 @given(st.lists(st.one_of(nasty_text, user_log.map(json.dumps), json_like.map(json.dumps)), max_size=4))
-def test_jsonl_parser(lines) -> None:  # noqa: ANN001
+def test_jsonl_parser(lines) -> None:
     _valid_sessions(_ok_or_clear(parse_jsonl, "\n".join(lines), "x.jsonl"))
 
 
@@ -105,7 +105,7 @@ def test_load_file_on_arbitrary_bytes(tmp_path: Path, raw: bytes) -> None:
 
 @FAST
 @given(st.one_of(nasty_text, scalars, st.lists(scalars, max_size=3)))
-def test_small_parsers(value) -> None:  # noqa: ANN001
+def test_small_parsers(value) -> None:
     for fn in (make_chunker, parse_categories):
         _ok_or_clear(fn, value)
     result = _ok_or_clear(parse_evidence, value if isinstance(value, list) else [value])
@@ -119,7 +119,7 @@ def test_small_parsers(value) -> None:  # noqa: ANN001
 @given(st.one_of(json_like, st.lists(st.fixed_dictionaries(
     {"question": scalars, "paragraphs": st.lists(st.fixed_dictionaries({"text": scalars}, optional={
         "is_supporting": scalars, "title": scalars}), max_size=3)}), max_size=3)))
-def test_card_record_parser(data) -> None:  # noqa: ANN001
+def test_card_record_parser(data) -> None:
     result = _ok_or_clear(parse_records, data if isinstance(data, list) else [data], "r.json")
     if not isinstance(result, QrmemError):
         assert all(r.question.strip() and r.paragraphs for r in result)
@@ -137,7 +137,7 @@ def mem(db: str) -> Memory:
 @DB
 @given(user=st.one_of(nasty_text, scalars), session_id=st.one_of(nasty_text, scalars),
        date=scalars, turns=st.one_of(st.lists(turn, max_size=3), json_like))
-def test_add_session_stores_exactly_or_writes_nothing(mem: Memory, user, session_id, date, turns) -> None:  # noqa: ANN001
+def test_add_session_stores_exactly_or_writes_nothing(mem: Memory, user, session_id, date, turns) -> None:
     before = mem.store.counts()
     try:
         result = mem.add_session(user, turns, session_id=session_id, date=date)
@@ -154,7 +154,7 @@ def test_add_session_stores_exactly_or_writes_nothing(mem: Memory, user, session
 @DB
 @given(user=st.one_of(nasty_text, scalars), query=st.one_of(nasty_text, scalars),
        k=st.one_of(st.integers(-5, 50), scalars), mode=st.sampled_from([None, "dense", "bm25", "hybrid", "x"]))
-def test_search_answers_or_refuses_clearly(mem: Memory, user, query, k, mode) -> None:  # noqa: ANN001
+def test_search_answers_or_refuses_clearly(mem: Memory, user, query, k, mode) -> None:
     try:
         hits = mem.search(user, query, k=k, mode=mode)
     except QrmemError as exc:
@@ -165,7 +165,7 @@ def test_search_answers_or_refuses_clearly(mem: Memory, user, query, k, mode) ->
 
 @DB
 @given(user=st.one_of(nasty_text, scalars), session_id=st.one_of(nasty_text, scalars))
-def test_delete_and_export_of_unknown_ids_are_clear(mem: Memory, user, session_id) -> None:  # noqa: ANN001
+def test_delete_and_export_of_unknown_ids_are_clear(mem: Memory, user, session_id) -> None:
     before = mem.store.counts()
     for call in (lambda: mem.delete_session(user, session_id), lambda: mem.export_user(user),
                  lambda: mem.summaries(user)):

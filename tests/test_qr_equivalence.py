@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from memory.qr import QRRanker  # noqa: E402
-from memory.qr.prompt import NULL_QUERY, chat_opening  # noqa: E402
+from memory.qr import QRRanker
+from memory.qr.prompt import NULL_QUERY, chat_opening
 
 CORPUS = [
     "Caroline went to a support group yesterday and it was powerful.",

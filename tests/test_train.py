@@ -12,12 +12,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from memory import QRRanker  # noqa: E402
-from memory.qr.data import Record  # noqa: E402
-from memory.qr.train import TrainConfig, listwise_loss, train  # noqa: E402
-from qrmem.cli import app  # noqa: E402
+from memory import QRRanker
+from memory.qr.data import Record
+from memory.qr.train import TrainConfig, listwise_loss, train
+from qrmem.cli import app
 
 WORDS = ["kitten Miso", "marathon Lisbon", "sunrise painting", "support group"]
 HEADS = "2-1,3-0"

@@ -38,7 +38,7 @@ def capturing(layers: frozenset[int], rows: slice) -> Iterator[Capture]:
         _ACTIVE.reset(token)
 
 
-def _eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):  # noqa: ANN001, ANN202
+def _eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     rep = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(rep, dim=1)
     v = value.repeat_interleave(rep, dim=1)
@@ -49,12 +49,12 @@ def _eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw
     return torch.matmul(w, v).transpose(1, 2).contiguous(), w
 
 
-def _make(base: str):  # noqa: ANN202
+def _make(base: str):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     inner = _eager if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
 
-    def qr_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):  # noqa: ANN001, ANN202
+    def qr_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
         out = inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         cap = _ACTIVE.get()
         if cap is not None and module.layer_idx in cap.layers:
@@ -72,7 +72,10 @@ def _make(base: str):  # noqa: ANN202
 def register(base: str) -> str:
     """Register the capturing wrapper around `base` (and its mask function); return its name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+    )
 
     name = PREFIX + base
     AttentionInterface.register(name, _make(base))

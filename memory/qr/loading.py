@@ -24,7 +24,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HEADS_IN_DIR = "qrmem_heads.json"
 
 
-def _require_ml():  # noqa: ANN202
+def _require_ml():
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
@@ -146,7 +146,7 @@ def pick_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pick_dtype(dtype: str, device: str):  # noqa: ANN201
+def pick_dtype(dtype: str, device: str):
     """`auto`: bf16 on a GPU that has it, else fp16 on GPU; fp32 on CPU. Or a name: float32, bfloat16..."""
     import torch
 
@@ -172,7 +172,7 @@ def pick_attention(attn: str, device: str) -> str:
     return "sdpa"
 
 
-def load_config(source: Source, trust_remote_code: bool):  # noqa: ANN201
+def load_config(source: Source, trust_remote_code: bool):
     _require_ml()
     from transformers import AutoConfig
 
@@ -189,11 +189,11 @@ def load_config(source: Source, trust_remote_code: bool):  # noqa: ANN201
                              "or a warm HF cache; a local model needs a directory or a .gguf file") from None
 
 
-def text_config(config):  # noqa: ANN001, ANN201
+def text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def check_decoder_only(config, label: str) -> None:  # noqa: ANN001
+def check_decoder_only(config, label: str) -> None:
     cfg = text_config(config)
     if getattr(cfg, "is_encoder_decoder", False) or not hasattr(cfg, "num_hidden_layers") \
             or not hasattr(cfg, "num_attention_heads"):
@@ -204,7 +204,7 @@ def check_decoder_only(config, label: str) -> None:  # noqa: ANN001
         raise InputError(f"{label} ({cfg.model_type}) is not a decoder-only causal LM; QRRanker needs one")
 
 
-def cut_config(config, n_layers: int):  # noqa: ANN001, ANN201
+def cut_config(config, n_layers: int):
     """The config with only the first `n_layers` decoder layers."""
     cfg = text_config(config)
     cfg.num_hidden_layers = n_layers
@@ -213,8 +213,8 @@ def cut_config(config, n_layers: int):  # noqa: ANN001, ANN201
     return config
 
 
-def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn: str,  # noqa: ANN001
-              trust_remote_code: bool):  # noqa: ANN201
+def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn: str,
+              trust_remote_code: bool):
     """The decoder stack (no LM head, no final norm) with only its first `n_layers` layers."""
     import torch
     from transformers import AutoModel, AutoTokenizer

@@ -40,7 +40,7 @@ class PromptLayout:
         return len(self.input_ids)
 
 
-def chat_opening(tokenizer) -> str:  # noqa: ANN001
+def chat_opening(tokenizer) -> str:
     """Text the chat template puts before a user message ('' for models without a template)."""
     if not getattr(tokenizer, "chat_template", None):
         return ""
@@ -56,7 +56,7 @@ def _token_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tup
     return idx[0], idx[-1] + 1
 
 
-def build_layout(tokenizer, opening: str, query: str, docs: Sequence[str],  # noqa: ANN001
+def build_layout(tokenizer, opening: str, query: str, docs: Sequence[str],
                  contexts: Sequence[str | None] | None = None, summary: str | None = None) -> PromptLayout:
     parts = [opening, HEADER]
     if summary:

@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from store.errors import InputError
 
 from ..rerankers import Reranker, validate
-from .heads import Head, HeadSpec, check_heads, default_head_file, parse_heads, read_head_file
+from .heads import (
+    Head,
+    HeadSpec,
+    check_heads,
+    default_head_file,
+    parse_heads,
+    read_head_file,
+)
 from .prompt import NULL_QUERY, PromptLayout, build_layout, chat_opening
 
 log = logging.getLogger(__name__)
@@ -205,7 +212,7 @@ class QRRanker(Reranker):
                    - len(self.tokenizer(query, add_special_tokens=False)["input_ids"]))
 
     def _score_window(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None,
-                      summary: str | None, layers: tuple[int, ...]):  # noqa: ANN202
+                      summary: str | None, layers: tuple[int, ...]):
         """(raw, calibrated) tensors of shape (L, H, N) for one prompt."""
 
         from .scoring import chunk_mass, mask_outlier_tokens, span_index
