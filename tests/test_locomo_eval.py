@@ -63,3 +63,18 @@ def test_cli_eval_locomo(tmp_path: Path, chat_server) -> None:
     res = CliRunner().invoke(app, ["eval", "locomo", "--data", str(tmp_path / "none.json"),
                                    "--out", str(tmp_path / "x"), "--reranker", "none"])
     assert res.exit_code == 1 and "file not found" in res.stderr
+
+
+def test_categories_and_retrieval_only(tmp_path: Path) -> None:
+    gen = Answers()
+    mem = Memory(str(tmp_path / "m.db"), embedder=HashingEmbedder(64))
+    cfg = EvalConfig(out=tmp_path / "out", data=TINY, k=5, rerank=False, categories=[4], answer=False)
+    summary = run(cfg, mem, gen)
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["questions"]
+    assert len(rows) == 5 and {r["category"] for r in rows} == {4}
+    assert gen.calls == 0 and all(r["prediction"] is None and r["f1"] is None for r in rows)
+    assert summary["f1"]["overall"] is None and summary["recall@5"]["first_stage"] is not None
+    assert "| F1 overall | - |" in (tmp_path / "out" / "report.md").read_text()
+    res = CliRunner().invoke(app, ["eval", "locomo", "--data", str(TINY), "--categories", "1,9",
+                                   "--out", str(tmp_path / "x"), "--reranker", "none"])
+    assert res.exit_code == 1 and "--categories takes numbers 1-5" in res.stderr
