@@ -45,12 +45,15 @@ class BM25Index:
 
         self.size = len(texts)
         self._bm25 = bm25s.BM25(k1=k1, b=b, method=method)
-        if texts:
-            self._bm25.index([tokenize(t) for t in texts], show_progress=False)
+        corpus = [tokenize(t) for t in texts]
+        # A corpus with no indexable word at all (e.g. only "0" or emoji) has nothing to match.
+        self._empty = not any(corpus)
+        if not self._empty:
+            self._bm25.index(corpus, show_progress=False)
 
     def scores(self, query: str) -> np.ndarray:
         """(N,) float32 BM25 scores; all zero when no query term is in the index."""
         tokens = tokenize(query)
-        if not tokens or self.size == 0:
+        if not tokens or self._empty:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)

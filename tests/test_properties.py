@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent.locomo import parse_categories
@@ -20,7 +20,7 @@ from memory.qr.heads import parse_heads
 from store import InputError, QrmemError, make_chunker, parse_obj
 from store.formats import load_file, parse_jsonl
 
-EXAMPLES = {"parser": 300, "api": 60}
+EXAMPLES = {"parser": 300, "api": 100}
 FAST = settings(max_examples=EXAMPLES["parser"], deadline=None)
 DB = settings(max_examples=EXAMPLES["api"], deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -37,9 +37,11 @@ json_like = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size
                                                          st.dictionaries(nasty_text, kids, max_size=4)),
                          max_leaves=25)
 
-turn = st.fixed_dictionaries({"speaker": st.one_of(nasty_text, st.sampled_from(["Ana", "Ben"]))},
-                             optional={"text": st.one_of(nasty_text, scalars), "time": scalars,
-                                       "id": scalars, "image_caption": scalars, "extra": scalars})
+turn = st.fixed_dictionaries({"speaker": st.one_of(st.sampled_from(["Ana", "Ben"]), nasty_text),
+                              "text": st.one_of(st.text(min_size=1, max_size=60), nasty_text, scalars)},
+                             optional={"time": scalars, "id": scalars, "image_caption": scalars})
+bad_turn = st.dictionaries(nasty_text, scalars, max_size=4)  # missing keys, unknown keys, wrong types
+ids = st.one_of(st.sampled_from(["keep", "alice", "Ünïcødé 用户"]), st.text(min_size=1, max_size=20), nasty_text, scalars)
 locomo_sample = st.fixed_dictionaries(
     {"conversation": st.one_of(
         st.fixed_dictionaries({"speaker_a": st.just("Ana"), "speaker_b": st.just("Ben"),
@@ -134,17 +136,42 @@ def mem(db: str) -> Memory:
     return m
 
 
+clean_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=300).filter(str.strip)
+clean_id = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=60).filter(str.strip)
+
+
 @DB
-@given(user=st.one_of(nasty_text, scalars), session_id=st.one_of(nasty_text, scalars),
-       date=scalars, turns=st.one_of(st.lists(turn, max_size=3), json_like))
+@given(user=st.one_of(st.sampled_from(["keep", "alice"]), clean_id), date=st.none() | clean_id,
+       turns=st.lists(st.fixed_dictionaries({"speaker": clean_id, "text": clean_text},
+                                            optional={"time": clean_id, "image_caption": clean_text}),
+                      min_size=1, max_size=4))
+def test_any_well_formed_unicode_session_round_trips(mem: Memory, user, date, turns) -> None:
+    result = mem.add_session(user, turns, date=date)
+    assert result.status == "added"
+    stored = mem.store.turns(result.user_id, result.session_id)
+    assert [(t.speaker, t.text, t.time, t.image_caption) for t in stored] == [
+        (t["speaker"].strip(), t["text"], t.get("time"), t.get("image_caption")) for t in turns]
+    assert [s.date for s in mem.sessions(user) if s.session_id == result.session_id] == [date]
+    hits = mem.search(user, turns[0]["text"], k=50)
+    assert hits and all(h.user_id == user.strip() for h in hits)
+    if sum(s.chunks for s in mem.sessions(user)) <= 50:  # all of the user's chunks come back
+        assert any(h.session_id == result.session_id for h in hits)
+
+
+@DB
+@given(user=ids, session_id=st.one_of(st.none(), ids), date=scalars,
+       turns=st.one_of(st.lists(turn, min_size=1, max_size=3), st.lists(st.one_of(turn, bad_turn), max_size=3),
+                       json_like))
 def test_add_session_stores_exactly_or_writes_nothing(mem: Memory, user, session_id, date, turns) -> None:
     before = mem.store.counts()
     try:
         result = mem.add_session(user, turns, session_id=session_id, date=date)
     except QrmemError as exc:
+        event(f"refused: {type(exc).__name__}")
         assert str(exc).strip()
         assert mem.store.counts() == before  # never a partial write
         return
+    event(f"stored: {result.status}")
     assert result.status in ("added", "unchanged")
     stored = mem.store.turns(result.user_id, result.session_id)
     assert [t.text for t in stored] == [t["text"] for t in turns]
@@ -152,19 +179,22 @@ def test_add_session_stores_exactly_or_writes_nothing(mem: Memory, user, session
 
 
 @DB
-@given(user=st.one_of(nasty_text, scalars), query=st.one_of(nasty_text, scalars),
-       k=st.one_of(st.integers(-5, 50), scalars), mode=st.sampled_from([None, "dense", "bm25", "hybrid", "x"]))
+@given(user=ids, query=st.one_of(st.text(min_size=1, max_size=60), nasty_text, scalars),
+       k=st.one_of(st.integers(1, 50), st.integers(-5, 0), scalars),
+       mode=st.sampled_from([None, "dense", "bm25", "hybrid", "x"]))
 def test_search_answers_or_refuses_clearly(mem: Memory, user, query, k, mode) -> None:
     try:
         hits = mem.search(user, query, k=k, mode=mode)
     except QrmemError as exc:
+        event(f"refused: {type(exc).__name__}")
         assert str(exc).strip()
         return
-    assert len(hits) <= k and all(h.user_id == user for h in hits)
+    event("answered with hits" if hits else "answered, no hits")
+    assert len(hits) <= k and all(h.user_id == user.strip() for h in hits)
 
 
 @DB
-@given(user=st.one_of(nasty_text, scalars), session_id=st.one_of(nasty_text, scalars))
+@given(user=ids.filter(lambda u: u != "keep"), session_id=ids)
 def test_delete_and_export_of_unknown_ids_are_clear(mem: Memory, user, session_id) -> None:
     before = mem.store.counts()
     for call in (lambda: mem.delete_session(user, session_id), lambda: mem.export_user(user),
@@ -173,10 +203,8 @@ def test_delete_and_export_of_unknown_ids_are_clear(mem: Memory, user, session_i
             call()
         except QrmemError as exc:
             assert str(exc).strip()
-    if user != "keep":
-        assert mem.store.counts() == before
-    assert mem.search("keep", "fact survive", k=1)[0].text.endswith("a fact that must survive") \
-        or user == "keep"
+    assert mem.store.counts() == before
+    assert mem.search("keep", "fact survive", k=1)[0].text.endswith("a fact that must survive")
 
 
 def test_wrong_types_name_the_field(mem: Memory) -> None:
