@@ -59,39 +59,40 @@ def catch_up(store: Store, summarizer: Summarizer, user_id: str, *, redo: bool =
     stored as soon as it is written, so an interruption keeps what was done; a process rolling the
     same conversation at the same time makes this one start over from what that one wrote.
     Returns the number of session summaries written."""
-    written = 0
+    written = [0]
     for attempt in range(attempts):
         try:
-            return written + _catch_up_once(store, summarizer, user_id, redo=redo and attempt == 0)
+            _catch_up_once(store, summarizer, user_id, redo=redo and attempt == 0, written=written)
+            break
         except ConcurrentUpdateError:
             if attempt == attempts - 1:
                 raise
-    return written
+    return written[0]
 
 
-def _catch_up_once(store: Store, summarizer: Summarizer, user_id: str, *, redo: bool) -> int:
+def _catch_up_once(store: Store, summarizer: Summarizer, user_id: str, *, redo: bool,
+                   written: list[int]) -> None:
+    # Summaries first, then sessions: a session rolled in by another process in between is then
+    # in `sessions`, never missing from it.
+    version = store.conversation_version(user_id)
+    latest = {(s.kind, s.session_id): s for s in store.summaries(user_id)}
     sessions = store.sessions(user_id)
-    every = store.summaries(user_id)
-    latest = {(s.kind, s.session_id): s for s in every}
     stored_conv = latest.get(("conversation", None))
-    version = stored_conv.version if stored_conv is not None else 0
     conv = None if redo else stored_conv
     through = (conv.meta or {}).get("through_session") if conv is not None else None
     order = [s.session_id for s in sessions]
     start = order.index(through) + 1 if through in order else 0
     previous = conv.text if conv is not None and through in order else None
-    written = 0
     for i, info in enumerate(sessions):
         stored = None if redo else latest.get(("session", info.session_id))
         if stored is None:
             text = summarizer.summarize_session(store.turns(user_id, info.session_id), info.date)
             store.add_summary(user_id, "session", text, session_id=info.session_id,
                               model=summarizer.generator.name, meta={"date": info.date})
-            written += 1
+            written[0] += 1
         else:
             text = stored.text
         if i >= start:
             previous = summarizer.roll(previous, text, info.date)
             version = store.add_summary(user_id, "conversation", previous, model=summarizer.generator.name,
                                         meta={"through_session": info.session_id}, if_version=version).version
-    return written

@@ -57,7 +57,7 @@ def _sqlite_setup(engine: Engine, secure_delete: bool) -> None:
         # Let SQLAlchemy's BEGIN below drive transactions (pysqlite's own handling is lax).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout = 30000")  # = SQLITE_BUSY_TIMEOUT_MS
+        cur.execute("PRAGMA busy_timeout = 30000")  # = SQLITE_BUSY_TIMEOUT_MS (SQL stays a literal)
         cur.execute("PRAGMA foreign_keys = ON")
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")

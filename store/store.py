@@ -207,9 +207,14 @@ class Store:
                     raise SessionConflictError(
                         f"session {session.session_id!r} of user {session.user_id!r} is already "
                         "stored with different content; pass --replace (replace=True) to overwrite it")
-                conn.execute(delete(t.sessions).where(t.sessions.c.id == row.id))
                 position = row.position if position is None else position
+                # The conversation summary rolled the old content in: take it back out.
+                self._roll_back_conversation(conn, user_pk, min(position, row.position), session.session_id)
+                conn.execute(delete(t.sessions).where(t.sessions.c.id == row.id))
                 status = "replaced"
+            elif position is not None:
+                # A session placed before ones already rolled into the conversation summary.
+                self._roll_back_conversation(conn, user_pk, position, session.session_id)
             if position is None:
                 last = conn.scalar(select(func.max(t.sessions.c.position))
                                    .where(t.sessions.c.user_id == user_pk))
@@ -317,39 +322,63 @@ class Store:
                                 f"`qrmem sessions --user {user_id}` lists them")
         return pk
 
+    @staticmethod
+    def _roll_back_conversation(conn: Connection, user_pk: int, position: int,
+                                session_id: str) -> tuple[int, int | None, bool]:
+        """Undo every conversation-summary version that rolled in a session at `position` or later
+        (used when a session there is deleted, replaced or inserted). The stale versions are deleted
+        and the newest surviving one is written again under a fresh version number (an empty
+        marker when none survives), so version numbers are never reused: a process still rolling
+        from a stale version can never pass its `if_version` check. Returns (versions deleted,
+        the fresh version or None when nothing was stale, whether later sessions need rolling)."""
+        conv = conn.execute(select(t.summaries.c.id, t.summaries.c.version, t.summaries.c.text,
+                                   t.summaries.c.model, t.summaries.c.meta)
+                            .where(t.summaries.c.user_id == user_pk, t.summaries.c.kind == "conversation")
+                            .order_by(t.summaries.c.version)).all()
+        positions = dict(conn.execute(select(t.sessions.c.external_id, t.sessions.c.position)
+                                      .where(t.sessions.c.user_id == user_pk)).all())
+
+        def through_position(row: Any) -> int | None:
+            through = (row.meta or {}).get("through_session")
+            return positions.get(through) if through is not None else None
+
+        first_stale = next((r.version for r in conv
+                            if (pos := through_position(r)) is not None and pos >= position), None)
+        if first_stale is None:
+            return 0, None, False
+        stale = [r for r in conv if r.version >= first_stale]
+        kept = [r for r in conv if r.version < first_stale and r.text]
+        needs = any((r.meta or {}).get("through_session") != session_id for r in stale)
+        conn.execute(delete(t.summaries).where(t.summaries.c.id.in_([r.id for r in stale])))
+        fresh = conv[-1].version + 1
+        last = kept[-1] if kept else None
+        conn.execute(t.summaries.insert().values(
+            user_id=user_pk, session_id=None, kind="conversation", version=fresh,
+            text=last.text if last else "", model=last.model if last else None,
+            meta={**((last.meta or {}) if last else {"through_session": None}),
+                  "rolled_back_from": session_id}, created_at=_now()))
+        return len(stale), fresh, needs
+
     def delete_session(self, user_id: str, session_id: str) -> DeleteResult:
         """Delete a session with its turns, chunks, embeddings and session summaries, and roll the
         conversation summary back to the last version written before this session was rolled in
-        (the versions that contain it are deleted too). Sessions rolled in after it then need
-        rolling again: `needs_resummarize` (a `Memory` with a summarizer does it at once)."""
+        (the versions that contain it are deleted). Sessions rolled in after it then need rolling
+        again: `needs_resummarize` (a `Memory` with a summarizer does it at once)."""
 
         def write(conn: Connection) -> DeleteResult:
             user_pk = self._lock_user(conn, user_id)
             if user_pk is None:
                 self._require_user(conn, user_id)
             pk = self._require_session(conn, user_id, session_id)
+            position = conn.scalar(select(t.sessions.c.position).where(t.sessions.c.id == pk))
             turns = conn.scalar(select(func.count()).where(t.turns.c.session_id == pk)) or 0
             chunks = conn.scalar(select(func.count()).where(t.chunks.c.session_id == pk)) or 0
             n_summaries = conn.scalar(select(func.count()).where(t.summaries.c.session_id == pk)) or 0
-            conv = conn.execute(select(t.summaries.c.id, t.summaries.c.version, t.summaries.c.meta)
-                                .where(t.summaries.c.user_id == user_pk,
-                                       t.summaries.c.kind == "conversation")
-                                .order_by(t.summaries.c.version)).all()
-            first_with = next((r.version for r in conv
-                               if (r.meta or {}).get("through_session") == session_id), None)
-            rolled_back_to, needs = None, False
-            if first_with is not None:
-                stale = [r.id for r in conv if r.version >= first_with]
-                conn.execute(delete(t.summaries).where(t.summaries.c.id.in_(stale)))
-                n_summaries += len(stale)
-                kept = [r.version for r in conv if r.version < first_with]
-                rolled_back_to = kept[-1] if kept else None
-                needs = any(  # later sessions were rolled in after it
-                    (r.meta or {}).get("through_session") != session_id for r in conv if r.id in stale)
+            stale, fresh, needs = self._roll_back_conversation(conn, user_pk, position, session_id)
             conn.execute(delete(t.sessions).where(t.sessions.c.id == pk))
             self._bump(conn, user_pk)
-            return DeleteResult(user_id, session_id, int(turns), int(chunks), int(n_summaries),
-                                rolled_back_to, needs)
+            return DeleteResult(user_id, session_id, int(turns), int(chunks), int(n_summaries) + stale,
+                                fresh, needs)
 
         result = self._write_txn(write)
         self._after_delete()
@@ -377,9 +406,16 @@ class Store:
         if self.secure_delete and is_sqlite(self.url):
             # Deleted pages were zeroed in the database file; copies of them may still sit in the
             # write-ahead log until a checkpoint, so checkpoint and truncate it now.
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-                conn.commit()
+            for attempt in range(20):
+                with self.engine.connect() as conn:
+                    busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()[0]
+                    conn.commit()
+                if not busy:
+                    return
+                time.sleep(0.05 * (attempt + 1))
+            log.warning("secure delete: other connections kept the write-ahead log busy; copies of "
+                        "the deleted content stay in %s-wal until they close and a checkpoint runs",
+                        self.url.removeprefix("sqlite:///"))
 
     # -- chunks and embeddings ------------------------------------------------------------------------
 
@@ -441,16 +477,21 @@ class Store:
         if vectors.ndim != 2 or vectors.shape[0] != len(chunk_ids):
             raise InputError(f"expected {len(chunk_ids)} vectors, got shape {vectors.shape}")
 
-        def write(conn: Connection) -> int:
-            exists = set(conn.scalars(select(t.chunks.c.id).where(t.chunks.c.id.in_(chunk_ids))))
+        def write(conn: Connection, ids: Sequence[int], vecs: np.ndarray) -> int:
+            exists = set(conn.scalars(select(t.chunks.c.id).where(t.chunks.c.id.in_(ids))))
             has = set(conn.scalars(select(t.embeddings.c.chunk_id).where(
-                t.embeddings.c.model == model, t.embeddings.c.chunk_id.in_(chunk_ids))))
-            keep = [i for i, pk in enumerate(chunk_ids) if pk in exists and pk not in has]
+                t.embeddings.c.model == model, t.embeddings.c.chunk_id.in_(ids))))
+            keep = [i for i, pk in enumerate(ids) if pk in exists and pk not in has]
             if keep:
-                self._insert_embeddings(conn, model, [chunk_ids[i] for i in keep], vectors[keep])
+                self._insert_embeddings(conn, model, [ids[i] for i in keep], vecs[keep])
             return len(keep)
 
-        return self._write_txn(write, retry_integrity=True)
+        stored = 0
+        for start in range(0, len(chunk_ids), 500):  # bounded IN lists on every backend
+            ids, vecs = list(chunk_ids[start:start + 500]), vectors[start:start + 500]
+            stored += self._write_txn(lambda conn, ids=ids, vecs=vecs: write(conn, ids, vecs),
+                                      retry_integrity=True)
+        return stored
 
     def embedding_models(self) -> dict[str, int]:
         """Embedding model name -> number of stored vectors."""
@@ -513,7 +554,16 @@ class Store:
             for s in out:
                 newest[(s.kind, s.session_id)] = s
             out = list(newest.values())
-        return out
+        # An empty conversation version marks a roll-back to "no summary yet" (see delete_session).
+        return [s for s in out if s.text]
+
+    def conversation_version(self, user_id: str) -> int:
+        """The newest conversation-summary version number (0: none), roll-back markers included:
+        what `add_summary(..., if_version=)` compares against."""
+        with self._read() as conn:
+            user_pk = self._require_user(conn, user_id)
+            return int(conn.scalar(select(func.max(t.summaries.c.version)).where(
+                t.summaries.c.user_id == user_pk, t.summaries.c.kind == "conversation")) or 0)
 
     # -- whole-store views ----------------------------------------------------------------------------
 

@@ -237,7 +237,7 @@ class DeleteResult:
     turns: int
     chunks: int
     summaries: int
-    conversation_rolled_back_to: int | None = None  # surviving conversation summary version, if any
+    conversation_rolled_back_to: int | None = None  # fresh version holding the rolled-back summary
     needs_resummarize: bool = False  # later sessions must be rolled into the conversation again
 
 
