@@ -74,12 +74,12 @@ def parse_categories(text: str | None) -> list[int] | None:
     """'1,2,3,4' -> [1, 2, 3, 4]; None or '' -> None (all categories)."""
     if text is None or text == "":
         return None
-    if not isinstance(text, str):
-        raise InputError(f"--categories takes numbers 1-5 separated by commas, got {text!r}")
-    try:
-        cats = sorted({int(c) for c in text.split(",") if c.strip()})
-    except ValueError:
-        raise InputError(f"--categories takes numbers 1-5 separated by commas, got {text!r}") from None
+    cats: list[int] = []
+    if isinstance(text, str):
+        try:
+            cats = sorted({int(c) for c in text.split(",") if c.strip()})
+        except ValueError:
+            cats = []
     if not cats or any(c not in CATEGORIES for c in cats):
         raise InputError(f"--categories takes numbers 1-5 separated by commas, got {text!r}")
     return cats

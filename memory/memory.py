@@ -272,8 +272,7 @@ class Memory:
         """
         if rerank:
             pool = rerank_k or self.rerank_k
-            if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
-                raise InputError(f"rerank_k must be an integer >= 1, got {pool!r}")
+            _check_count(pool, "rerank_k")
             first = self.search(user_id, query, k=max(pool, 1), mode=mode)
             if not first:
                 return []
@@ -289,8 +288,7 @@ class Memory:
             query.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError("query is not valid Unicode (it holds a lone surrogate)") from None
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InputError(f"k must be an integer >= 1, got {k!r}")
+        _check_count(k, "k")
         index = self._user_index(user_id)
         n = len(index.chunks)
         if n == 0:
@@ -358,6 +356,11 @@ class Memory:
         if index.bm25 is None:
             index.bm25 = BM25Index([index_text(c) for c in index.chunks])
         return index.bm25
+
+
+def _check_count(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _hit(chunk: ChunkRecord, score: float, rank: int) -> SearchHit:

@@ -50,10 +50,10 @@ def handle_errors(fn: F) -> F:
 
 
 def open_memory(db: str | None, embedder: str | None = None, chunker: str = "turn",
-                reranker=None) -> Memory:
+                reranker=None, secure_delete: bool = False) -> Memory:
     from memory import Memory
 
-    return Memory(db, embedder=embedder, chunker=chunker, reranker=reranker)
+    return Memory(db, embedder=embedder, chunker=chunker, reranker=reranker, secure_delete=secure_delete)
 
 
 ModelOpt = Annotated[str | None, typer.Option(
@@ -409,12 +409,10 @@ def delete(
     """Delete a session, or a whole user, with all their turns, chunks, embeddings and summaries.
     Deleting a session rolls the conversation summary back to before it (`qrmem summarize` rolls
     the later sessions in again)."""
-    from memory import Memory
-
     what = f"session {session!r} of user {user!r}" if session else f"user {user!r} and all their memory"
     if not yes and not typer.confirm(f"Delete {what}?", default=False):
         raise _fail("nothing deleted")
-    mem = Memory(db, secure_delete=secure)
+    mem = open_memory(db, secure_delete=secure)
     result = mem.delete_session(user, session) if session else mem.delete_user(user)
     typer.echo(f"deleted {what}: {result.turns} turns, {result.chunks} chunks, {result.summaries} summaries")
     if result.needs_resummarize:

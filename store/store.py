@@ -144,23 +144,16 @@ class Store:
     # -- users and sessions --------------------------------------------------------------------------
 
     @staticmethod
-    def _user_pk(conn: Connection, user_id: str) -> int | None:
+    def _user_pk(conn: Connection, user_id: str, *, lock: bool = False) -> int | None:
+        """The user's id (None if unknown). With `lock`, the row is locked for this write
+        transaction (PostgreSQL: FOR UPDATE; SQLite writers are serialised by BEGIN IMMEDIATE), so
+        one user's writes never interleave."""
         user_id = check_key(user_id, "user id")
-        return conn.scalar(select(t.users.c.id).where(t.users.c.external_id == user_id))
+        query = select(t.users.c.id).where(t.users.c.external_id == user_id)
+        return conn.scalar(query.with_for_update() if lock else query)
 
-    @staticmethod
-    def _lock_user(conn: Connection, user_id: str, *, create: bool = False) -> int | None:
-        """The user's id, row-locked for this write transaction (PostgreSQL: FOR UPDATE; SQLite
-        writers are serialised by BEGIN IMMEDIATE), so one user's writes never interleave."""
-        user_id = check_key(user_id, "user id")
-        pk = conn.scalar(select(t.users.c.id).where(t.users.c.external_id == user_id).with_for_update())
-        if pk is None and create:
-            pk = conn.execute(t.users.insert().values(
-                external_id=user_id, revision=0, created_at=_now())).inserted_primary_key[0]
-        return pk
-
-    def _require_user(self, conn: Connection, user_id: str) -> int:
-        pk = self._user_pk(conn, user_id)
+    def _require_user(self, conn: Connection, user_id: str, *, lock: bool = False) -> int:
+        pk = self._user_pk(conn, user_id, lock=lock)
         if pk is None:
             raise NotFoundError(f"no user {user_id!r} in {self.safe_url}; `qrmem info` lists the users")
         return pk
@@ -194,7 +187,10 @@ class Store:
         digest = session.content_hash()
 
         def write(conn: Connection) -> AddResult:
-            user_pk = self._lock_user(conn, session.user_id, create=True)
+            user_pk = self._user_pk(conn, session.user_id, lock=True)
+            if user_pk is None:
+                user_pk = conn.execute(t.users.insert().values(
+                    external_id=session.user_id, revision=0, created_at=_now())).inserted_primary_key[0]
             row = conn.execute(select(t.sessions.c.id, t.sessions.c.content_hash,
                                       t.sessions.c.position).where(
                 t.sessions.c.user_id == user_pk, t.sessions.c.external_id == session.session_id)).first()
@@ -312,9 +308,11 @@ class Store:
                 .where(t.turns.c.session_id == session_pk).order_by(t.turns.c.position))
             return [TurnRecord(*r) for r in rows]
 
-    def _require_session(self, conn: Connection, user_id: str, session_id: str) -> int:
+    def _require_session(self, conn: Connection, user_id: str, session_id: str,
+                         user_pk: int | None = None) -> int:
         session_id = check_key(session_id, "session id")
-        user_pk = self._require_user(conn, user_id)
+        if user_pk is None:
+            user_pk = self._require_user(conn, user_id)
         pk = conn.scalar(select(t.sessions.c.id).where(
             t.sessions.c.user_id == user_pk, t.sessions.c.external_id == session_id))
         if pk is None:
@@ -366,10 +364,8 @@ class Store:
         again: `needs_resummarize` (a `Memory` with a summarizer does it at once)."""
 
         def write(conn: Connection) -> DeleteResult:
-            user_pk = self._lock_user(conn, user_id)
-            if user_pk is None:
-                self._require_user(conn, user_id)
-            pk = self._require_session(conn, user_id, session_id)
+            user_pk = self._require_user(conn, user_id, lock=True)
+            pk = self._require_session(conn, user_id, session_id, user_pk)
             position = conn.scalar(select(t.sessions.c.position).where(t.sessions.c.id == pk))
             turns = conn.scalar(select(func.count()).where(t.turns.c.session_id == pk)) or 0
             chunks = conn.scalar(select(func.count()).where(t.chunks.c.session_id == pk)) or 0
@@ -388,9 +384,7 @@ class Store:
         """Delete a user and everything stored for them."""
 
         def write(conn: Connection) -> DeleteResult:
-            pk = self._lock_user(conn, user_id)
-            if pk is None:
-                self._require_user(conn, user_id)
+            pk = self._require_user(conn, user_id, lock=True)
             turns = conn.scalar(select(func.count()).select_from(t.turns).join(
                 t.sessions, t.sessions.c.id == t.turns.c.session_id).where(t.sessions.c.user_id == pk))
             chunks = conn.scalar(select(func.count()).where(t.chunks.c.user_id == pk))
@@ -515,10 +509,8 @@ class Store:
         now = _now()
 
         def write(conn: Connection) -> int:
-            user_pk = self._lock_user(conn, user_id)
-            if user_pk is None:
-                self._require_user(conn, user_id)
-            session_pk = self._require_session(conn, user_id, session_id) if session_id else None
+            user_pk = self._require_user(conn, user_id, lock=True)
+            session_pk = self._require_session(conn, user_id, session_id, user_pk) if session_id else None
             last = conn.scalar(select(func.max(t.summaries.c.version)).where(
                 t.summaries.c.user_id == user_pk, t.summaries.c.kind == kind,
                 t.summaries.c.session_id.is_(None) if session_pk is None
