@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from memory import Generator, Memory, SearchHit
+from memory import DEFAULT_RERANK_K, Generator, Memory, SearchHit
 from store.errors import InputError
 
 SYSTEM_PROMPT = (
@@ -59,13 +59,13 @@ class _OpenSession:
 class MemoryAgent:
     """A chatbot loop over a `Memory` (with its reranker) and a `Generator`."""
 
-    def __init__(self, memory: Memory, generator: Generator, *, k: int = 20, top_n: int = 3,
+    def __init__(self, memory: Memory, generator: Generator, *, rerank_k: int = DEFAULT_RERANK_K, top_n: int = 3,
                  rerank: bool = True, assistant: str = "assistant", system_prompt: str = SYSTEM_PROMPT,
                  max_new_tokens: int = 96) -> None:
-        if top_n < 1 or k < top_n:
-            raise InputError(f"need 1 <= top_n <= k, got top_n={top_n}, k={k}")
+        if top_n < 1 or rerank_k < top_n:
+            raise InputError(f"need 1 <= top_n <= rerank_k, got top_n={top_n}, rerank_k={rerank_k}")
         self.memory, self.generator = memory, generator
-        self.k, self.top_n, self.rerank = k, top_n, rerank
+        self.rerank_k, self.top_n, self.rerank = rerank_k, top_n, rerank
         self.assistant, self.system_prompt, self.max_new_tokens = assistant, system_prompt, max_new_tokens
         self._open: dict[str, _OpenSession] = {}
 
@@ -73,7 +73,7 @@ class MemoryAgent:
         if not isinstance(message, str) or not message.strip():
             raise InputError("message must be a non-empty string")
         t0 = time.perf_counter()
-        hits = self.memory.search(user_id, message, k=self.top_n, rerank=self.rerank, rerank_k=self.k)
+        hits = self.memory.search(user_id, message, k=self.top_n, rerank=self.rerank, rerank_k=self.rerank_k)
         t1 = time.perf_counter()
         context = memory_block(hits) if hits else "(no memories yet)"
         reply = self.generator.complete([

@@ -1,62 +1,28 @@
-"""LoCoMo evaluation of the memory-aware loop: ingest each conversation session by session (summaries
-rolling), then answer every question from memory only, and score retrieval and answers.
+"""LoCoMo data: questions and their evidence, each question's first-stage candidates from a store,
+and candidate records (the reranker's training and head-detection input) built from them.
 
-Writes `OUT/results.json` (per-question rows + summary; resumable: answered questions are skipped
-on a re-run), `OUT/report.md` and `OUT/chart.png`. F1 is the LoCoMo paper's (see `agent.metrics`).
+LoCoMo (snap-research/locomo) is CC BY-NC 4.0 and is never shipped: callers pass a path. qrmem ships
+only `agent/data/tiny_locomo.json`, a tiny conversation written for its tests.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from memory import Generator, Memory, Reranker, Summarizer
-from memory.evaluation import ndcg_at_k, parse_evidence, recall_at_k
-from store import load_file
+from memory import DEFAULT_RERANK_K, Memory
+from memory.qr.data import Paragraph, Record, card_records, read_json_or_jsonl
+from store import parse_obj
 from store.errors import InputError
-
-from .agent import memory_block
-from .metrics import locomo_f1
 
 PUBLIC_URL = "https://raw.githubusercontent.com/snap-research/locomo/main/data/locomo10.json"
 TINY = Path(__file__).parent / "data" / "tiny_locomo.json"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
-QA_PROMPT = ("Use the memories to answer the question in a short phrase (a name, date or a few "
-             "words). If the memories do not say, answer 'not mentioned'.\n\nMemories:\n{memories}"
-             "\n\nQuestion: {question}\nShort answer:")
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-@dataclass
-class EvalConfig:
-    out: Path
-    data: Path | None = None
-    conversations: list[str] | None = None
-    limit: int | None = None  # questions in all
-    k: int = 20  # first-stage candidates (reranked)
-    top_n: int = 3  # chunks given to the generator
-    rerank: bool = True
-    summaries: bool = False  # roll summaries during ingest and give them to the reranker
-    categories: list[int] | None = None  # only these question categories (None: all)
-    answer: bool = True  # False: retrieval only (no generator call, F1 not measured)
-    max_new_tokens: int = 32
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def default_data() -> tuple[Path, list[str] | None, int | None]:
-    """locomo_dev beside the repo (a small slice), else the tiny conversation shipped with qrmem."""
-    if SHARED.is_file():
-        return SHARED, ["conv-41"], 20  # a conversation the shipped reranker never saw
-    return TINY, None, None
+_EVIDENCE = re.compile(r"D:?(\d+):(\d+)")
 
 
 def download(dest: Path) -> Path:
@@ -70,197 +36,112 @@ def download(dest: Path) -> Path:
     return dest
 
 
-def parse_categories(text: str | None) -> list[int] | None:
-    """'1,2,3,4' -> [1, 2, 3, 4]; None or '' -> None (all categories)."""
-    if text is None or text == "":
-        return None
-    cats: list[int] = []
-    if isinstance(text, str):
-        try:
-            cats = sorted({int(c) for c in text.split(",") if c.strip()})
-        except ValueError:
-            cats = []
-    if not cats or any(c not in CATEGORIES for c in cats):
-        raise InputError(f"--categories takes numbers 1-5 separated by commas, got {text!r}")
-    return cats
+def parse_evidence(evidence: Iterable[Any]) -> list[str]:
+    """Normalised dia_ids from a LoCoMo evidence list, tolerating its known typos
+    (`"D8:6; D9:17"`, `"D:11:26"`); unparseable entries are dropped."""
+    out: list[str] = []
+    for item in evidence or []:
+        for a, b in _EVIDENCE.findall(str(item)):
+            dia = f"D{int(a)}:{int(b)}"
+            if dia not in out:
+                out.append(dia)
+    return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class LocomoQuestion:
+    user_id: str  # the LoCoMo sample_id
+    question: str
+    answer: str | None
+    category: int
+    evidence: tuple[str, ...]
 
 
-def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool = False) -> dict[str, Any]:
-    data_path = cfg.data
-    raw = json.loads(Path(data_path).read_text())
-    samples = raw if isinstance(raw, list) else [raw]
-    if cfg.conversations:
-        missing = set(cfg.conversations) - {str(s.get("sample_id")) for s in samples}
-        if missing:
-            raise InputError(f"{data_path}: no conversations {sorted(missing)}")
-        samples = [s for s in samples if str(s.get("sample_id")) in set(cfg.conversations)]
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    # Ingest session by session in time order; summaries roll as each session arrives.
-    sessions = sorted(load_file(data_path), key=lambda s: (s.user_id, s.position or 0))
-    wanted = {str(s["sample_id"]) for s in samples}
-    ingest = memory.add_sessions([s for s in sessions if s.user_id in wanted], progress=progress)
-    if cfg.summaries and memory.summarizer is not None:  # a resumed run finishes pending summaries
-        t0 = time.perf_counter()
-        for user in sorted(wanted):
-            memory.summarize(user)
-        ingest.summary_seconds += time.perf_counter() - t0
-    questions = [(str(s["sample_id"]), i, qa) for s in samples for i, qa in enumerate(s.get("qa", []))
-                 if cfg.categories is None or int(qa.get("category", 0)) in cfg.categories]
-    if cfg.limit is not None:
-        questions = questions[: cfg.limit]
-    results_path = cfg.out / "results.json"
-    done: dict[str, dict[str, Any]] = {}
-    if results_path.exists():
-        done = {r["id"]: r for r in json.loads(results_path.read_text()).get("questions", [])}
-    from tqdm.auto import tqdm
-
-    rows = []
-    for user, i, qa in tqdm(questions, desc="questions", unit="q", disable=not progress):
-        qid = f"{user}#{i}"
-        if qid in done:
-            rows.append(done[qid])
-            continue
-        rows.append(answer_one(cfg, memory, generator, user, qid, qa))
-        _atomic_write(results_path, json.dumps({"questions": rows, "summary": None}, indent=1))
-    summary = summarize(rows, cfg, ingest_seconds=ingest.embed_seconds + ingest.write_seconds
-                        + ingest.summary_seconds, wall=time.perf_counter() - t_start)
-    _atomic_write(results_path, json.dumps({"questions": rows, "summary": summary}, indent=1))
-    (cfg.out / "report.md").write_text(report(summary))
-    chart(summary, cfg.out / "chart.png")
-    return summary
+def locomo_questions(data: Any, *, exclude_categories: Iterable[int] = (5,),
+                     require_evidence: bool = True) -> list[LocomoQuestion]:
+    """QA items of LoCoMo samples (a list or one sample), category 5 excluded by default."""
+    samples = data if isinstance(data, list) else [data]
+    skip = set(exclude_categories)
+    out = []
+    for sample in samples:
+        for qa in sample.get("qa", []):
+            cat = int(qa.get("category", 0))
+            ev = tuple(parse_evidence(qa.get("evidence", [])))
+            if cat in skip or (require_evidence and not ev):
+                continue
+            answer = qa.get("answer", qa.get("adversarial_answer"))
+            out.append(LocomoQuestion(str(sample["sample_id"]), str(qa["question"]),
+                                      None if answer is None else str(answer), cat, ev))
+    return out
 
 
-def answer_one(cfg: EvalConfig, memory: Memory, generator: Generator, user: str, qid: str,
-               qa: dict[str, Any]) -> dict[str, Any]:
-    question, category = str(qa["question"]), int(qa.get("category", 0))
-    gold = qa.get("answer", qa.get("adversarial_answer"))
-    t0 = time.perf_counter()
-    first = memory.search(user, question, k=cfg.k)
-    t1 = time.perf_counter()
-    ranked = memory.search(user, question, k=cfg.k, rerank=True, rerank_k=cfg.k) if cfg.rerank else first
-    t2 = time.perf_counter()
-    top = ranked[: cfg.top_n]
-    memories = memory_block(top)
-    prediction = generator.complete([{"role": "user", "content": QA_PROMPT.format(
-        memories=memories, question=question)}], max_new_tokens=cfg.max_new_tokens) if cfg.answer else None
-    t3 = time.perf_counter()
-    evidence = parse_evidence(qa.get("evidence", []))
-    return {
-        "id": qid, "conversation": user, "question": question, "answer": gold, "category": category,
-        "evidence": evidence, "prediction": prediction,
-        "f1": locomo_f1(prediction, gold, category) if prediction is not None else None,
-        "retrieved": [t for h in ranked for t in h.turn_ids],
-        "retrieved_scores": [round(h.score, 5) for h in ranked],
-        "first_stage": [t for h in first for t in h.turn_ids],
-        "context_tokens": len(_TOKEN.findall(memories)),
-        "seconds": {"first_stage": t1 - t0, "rerank": t2 - t1 if cfg.rerank else 0.0, "generate": t3 - t2},
-    }
+@dataclass(frozen=True)
+class Candidates:
+    """A query with its first-stage candidates, as a reranker sees them, and the gold ids."""
+
+    question: LocomoQuestion
+    texts: tuple[str, ...]
+    dates: tuple[str | None, ...]
+    turn_ids: tuple[tuple[str, ...], ...]
+
+    def gold_mask(self) -> list[bool]:
+        gold = set(self.question.evidence)
+        return [bool(gold.intersection(ids)) for ids in self.turn_ids]
 
 
-def summarize(rows: list[dict[str, Any]], cfg: EvalConfig, *, ingest_seconds: float, wall: float) -> dict[str, Any]:
-    by_cat: dict[int, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["f1"] is not None:
-            by_cat[r["category"]].append(r["f1"])
-    main = [r for r in rows if r["category"] != 5]
-    with_ev = [r for r in main if r["evidence"]]
-
-    def recall(key: str, k: int) -> float | None:
-        vals = [recall_at_k([[t] for t in r[key]], r["evidence"], k) for r in with_ev]
-        return round(float(np.mean(vals)), 4) if vals else None
-
-    def mean(values: list[float]) -> float | None:
-        return round(float(np.mean(values)), 4) if values else None
-
-    return {
-        "questions": len(rows), "scored_questions": len(main),
-        "f1": {"overall": mean([r["f1"] for r in main if r["f1"] is not None]),
-               **{CATEGORIES.get(c, str(c)): mean(v) for c, v in sorted(by_cat.items())}},
-        "recall@5": {"first_stage": recall("first_stage", 5), "reranked": recall("retrieved", 5)},
-        "ndcg@10": {"first_stage": mean([ndcg_at_k([[t] for t in r["first_stage"]], r["evidence"]) for r in with_ev]),
-                    "reranked": mean([ndcg_at_k([[t] for t in r["retrieved"]], r["evidence"]) for r in with_ev])},
-        "context_tokens": mean([r["context_tokens"] for r in rows]),
-        "seconds_per_question": {s: mean([r["seconds"][s] for r in rows]) for s in ("first_stage", "rerank", "generate")},
-        "ingest_seconds": round(ingest_seconds, 2), "wall_seconds": round(wall, 2),
-        "config": {"k": cfg.k, "top_n": cfg.top_n, "rerank": cfg.rerank, "summaries": cfg.summaries,
-                   "categories": cfg.categories, "answer": cfg.answer,
-                   "data": str(cfg.data), "conversations": cfg.conversations, "limit": cfg.limit, **cfg.extra},
-        "f1_definition": "LoCoMo token F1: normalised, articles/punctuation dropped, Porter-stemmed; "
-                         "multi-hop averaged over comma-separated gold parts; open-domain gold before ';'; "
-                         "adversarial = 1 for an abstention. Overall excludes category 5.",
-    }
+def first_stage_candidates(memory: Memory, questions: Sequence[LocomoQuestion],
+                           rerank_k: int = DEFAULT_RERANK_K, mode: str | None = None) -> list[Candidates]:
+    """The first-stage top `rerank_k` of each question from `memory`, in first-stage order."""
+    out = []
+    for q in questions:
+        hits = memory.search(q.user_id, q.question, k=rerank_k, mode=mode)
+        out.append(Candidates(q, tuple(h.text for h in hits), tuple(h.session_date for h in hits),
+                              tuple(h.turn_ids for h in hits)))
+    return out
 
 
-def report(summary: dict[str, Any]) -> str:
-    f1, rec, nd = summary["f1"], summary["recall@5"], summary["ndcg@10"]
-    lines = ["# qrmem LoCoMo evaluation", "",
-             f"{summary['questions']} questions ({summary['scored_questions']} scored, category 5 separate); "
-             f"config: `{json.dumps(summary['config'])}`", "",
-             "| metric | value |", "|---|---|"]
-    lines += [f"| F1 {name} | {value if value is not None else '-'} |" for name, value in f1.items()]
-    lines += [f"| Recall@5 first stage | {rec['first_stage']} |", f"| Recall@5 reranked | {rec['reranked']} |",
-              f"| nDCG@10 first stage | {nd['first_stage']} |", f"| nDCG@10 reranked | {nd['reranked']} |",
-              f"| context tokens / question | {summary['context_tokens']} |"]
-    lines += [f"| seconds / question, {k} | {v} |" for k, v in summary["seconds_per_question"].items()]
-    lines += [f"| ingest seconds | {summary['ingest_seconds']} |", f"| wall seconds | {summary['wall_seconds']} |",
-              "", summary["f1_definition"], ""]
-    return "\n".join(lines)
+def is_locomo(data: Any) -> bool:
+    items = data if isinstance(data, list) else [data]
+    return bool(items) and isinstance(items[0], dict) and "conversation" in items[0]
 
 
-def chart(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def locomo_records(data: Any, memory: Memory, rerank_k: int = DEFAULT_RERANK_K, *,
+                   conversations: Sequence[str] | None = None,
+                   exclude_categories: Sequence[int] = (5,)) -> list[Record]:
+    """LoCoMo questions as candidate records over `memory`'s first-stage top `rerank_k` (the samples
+    must be ingested): gold = turns cited as evidence, title = the session date, group = the
+    conversation, so training and detection see what inference sees."""
+    questions = locomo_questions(data, exclude_categories=exclude_categories)
+    if conversations:
+        wanted = set(conversations)
+        unknown = wanted - {q.user_id for q in questions}
+        if unknown:
+            raise InputError(f"no questions for conversations {sorted(unknown)}")
+        questions = [q for q in questions if q.user_id in wanted]
+    records = []
+    for n, c in enumerate(first_stage_candidates(memory, questions, rerank_k)):
+        gold = c.gold_mask()
+        records.append(Record(
+            id=f"{c.question.user_id}#{n}", question=c.question.question, answer=c.question.answer,
+            group=c.question.user_id,
+            paragraphs=[Paragraph(idx=i, title=d, paragraph_text=t, is_supporting=g)
+                        for i, (t, d, g) in enumerate(zip(c.texts, c.dates, gold, strict=True))]))
+    return records
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    rec = summary["recall@5"]
-    a.bar(["first stage", "reranked"], [rec["first_stage"] or 0, rec["reranked"] or 0], color=["#999", "#2a7"])
-    a.set_title("Recall@5 of evidence")
-    a.set_ylim(0, 1)
-    cats = [c for c in ("multi-hop", "temporal", "open-domain", "single-hop", "adversarial") if c in summary["f1"]]
-    b.bar(cats, [summary["f1"][c] or 0 for c in cats], color="#37b")
-    b.set_title(f"F1 by category (overall {summary['f1']['overall']})")
-    b.set_ylim(0, 1)
-    b.tick_params(axis="x", labelrotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def load_records(path: str | Path, *, rerank_k: int = DEFAULT_RERANK_K, db: str | None = None,
+                 conversations: Sequence[str] | None = None, memory: Memory | None = None) -> list[Record]:
+    """Candidate records from a QRRanker-card file, or from a LoCoMo file through qrmem's first stage.
 
-
-def build_and_run(*, out: str | Path, data: str | Path | None = None, conversations: list[str] | None = None,
-                  limit: int | None = None, k: int = 20, top_n: int = 3, reranker: str = "qr",
-                  generator: str = "transformers", base_url: str | None = None,
-                  api_key_env: str = "OPENAI_API_KEY", summaries: bool = False, download_public: bool = False,
-                  categories: list[int] | None = None, answer: bool = True,
-                  db: str | None = None, embedder: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Everything `qrmem eval locomo` and `demos/locomo_demo.py` do, from plain options."""
-    from memory import load_generator, load_reranker
-
-    out = Path(out)
-    if data is None and download_public:
-        data = download(out / "locomo10.json")
-    if data is None:
-        data, default_convs, default_limit = default_data()
-        conversations = conversations or default_convs
-        limit = limit if limit is not None else default_limit
-    if not Path(data).is_file():
-        raise InputError(f"{data}: file not found (pass --data PATH to a locomo10.json-style file)")
-    gen = load_generator(generator, base_url=base_url, api_key_env=api_key_env)
-    rerank = reranker != "none"
-    ranker: Reranker | None = load_reranker(reranker) if rerank else None
-    out.mkdir(parents=True, exist_ok=True)
-    memory = Memory(db or str(out / "memory.db"), embedder=embedder, reranker=ranker,
-                    summarizer=Summarizer(gen) if summaries else None,
-                    rerank_context="summary" if summaries else "date")
-    cfg = EvalConfig(out=out, data=Path(data), conversations=conversations, limit=limit, k=k, top_n=top_n,
-                     rerank=rerank, summaries=summaries, categories=categories, answer=answer,
-                     extra={"generator": gen.name, "reranker": reranker})
-    return run(cfg, memory, gen, progress=progress)
+    For LoCoMo the conversations are ingested into `memory`, else into `db`, else into a temporary
+    SQLite store (identical sessions already stored are skipped)."""
+    data = read_json_or_jsonl(path)
+    if not is_locomo(data):
+        return card_records(data, str(path), groups=conversations)
+    if memory is None:
+        memory = Memory(db or str(Path(tempfile.mkdtemp(prefix="qrmem-")) / "seed.db"))
+    samples = data if isinstance(data, list) else [data]
+    if conversations:
+        samples = [s for s in samples if str(s.get("sample_id")) in set(conversations)]
+    memory.add_sessions(parse_obj(samples, str(path), "locomo"), progress=True)
+    return locomo_records(samples, memory, rerank_k, conversations=conversations)

@@ -34,11 +34,10 @@ def turns_of(session_id: str, n: int) -> list[dict[str, str]]:
 
 def worker(db: str, run: int, turns: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sqlalchemy import event
     from store_load import _summarizer
 
     from memory import HashingEmbedder, Memory
-
-    from sqlalchemy import event
 
     mem = Memory(db, embedder=HashingEmbedder(64), summarizer=_summarizer())
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.locomo import locomo_questions
 from memory import Memory
-from memory.evaluation import locomo_questions, ndcg_at_k, recall_at_k
+from memory.metrics import ndcg_at_k, recall_at_k
 
 KS = (5, 10, 20, 50)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/locomo/locomo_dev.json"

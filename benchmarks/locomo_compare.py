@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory.evaluation import ndcg_at_k, recall_at_k  # noqa: E402
+from memory.metrics import ndcg_at_k, recall_at_k  # noqa: E402
 
 
 def load(folder: str) -> tuple[str, dict[str, dict]]:
@@ -45,7 +45,7 @@ def main() -> None:
         nd = [ndcg_at_k([[t] for t in rows[q][key]], rows[q]["evidence"]) for q in scored]
         return float(np.mean(r5)), float(np.mean(nd))
 
-    print(f"| list | Recall@5 | nDCG@10 | F1 |\n|---|---|---|---|")
+    print("| list | Recall@5 | nDCG@10 | F1 |\n|---|---|---|---|")
     r5, nd = stats(runs[0][1], "first_stage")
     print(f"| first stage (hybrid) | {r5:.3f} | {nd:.3f} | |")
     for label, rows in runs:

@@ -59,9 +59,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from memory import Memory, QRRanker
-    from memory.evaluation import first_stage_candidates, locomo_questions
-    from memory.qr import loading
+    from agent.locomo import first_stage_candidates, locomo_questions
+    from memory import Memory, QRRanker, models
     from memory.qr.prompt import NULL_QUERY
 
     # Load times: a fresh cache dir forces the one-time GGUF dequantisation.
@@ -81,7 +80,7 @@ def main() -> None:
 
     ranker = QRRanker.load(device=args.device)
     device = next(ranker.model.parameters()).device
-    source = loading.resolve(None)
+    source = models.resolve(None)
     full = AutoModelForCausalLM.from_pretrained(source.path, dtype=ranker.model.dtype,
                                                 attn_implementation="sdpa").eval().to(device)
     naive = AutoModelForCausalLM.from_pretrained(source.path, dtype=ranker.model.dtype,

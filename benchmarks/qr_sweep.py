@@ -21,13 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.locomo import first_stage_candidates, locomo_questions
 from memory import Memory
-from memory.evaluation import (
-    first_stage_candidates,
-    locomo_questions,
-    ndcg_at_k,
-    recall_at_k,
-)
+from memory.metrics import ndcg_at_k, recall_at_k
 from memory.qr import QRRanker
 from memory.qr.detect import head_quality, top_heads
 

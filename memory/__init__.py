@@ -1,4 +1,5 @@
-"""qrmem's memory layer: embedders, first-stage recall (dense, BM25, hybrid) and the `Memory` facade."""
+"""qrmem's memory layer: embedders, first-stage recall (dense, BM25, hybrid), rerankers (QRRanker),
+generators, rolling summaries and the `Memory` facade. Nothing here imports torch until a model loads."""
 
 from .embedders import (
     EMBEDDERS,
@@ -7,6 +8,7 @@ from .embedders import (
     SentenceTransformerEmbedder,
     load_embedder,
 )
+from .errors import GenerationError, MissingDependencyError, ModelLoadError
 from .fusion import dense_scores, rrf, top_k
 from .generators import (
     GENERATORS,
@@ -16,23 +18,29 @@ from .generators import (
     load_generator,
 )
 from .lexical import BM25Index
-from .memory import SEARCH_MODES, Memory, index_text
+from .memory import Memory
 from .qr import QRRanker  # light: torch is imported when a model loads
-from .rerankers import RERANKERS, RankedResult, RankedResults, Reranker, load_reranker
+from .ranking import RankedResult, RankedResults, Reranker
+from .rerankers import RERANKERS, load_reranker
+from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, index_text
 from .summaries import Summarizer
 from .types import IngestReport, SearchHit
 
 __all__ = [
+    "DEFAULT_RERANK_K",
     "EMBEDDERS",
     "GENERATORS",
     "RERANKERS",
     "SEARCH_MODES",
     "BM25Index",
     "Embedder",
+    "GenerationError",
     "Generator",
     "HashingEmbedder",
     "IngestReport",
     "Memory",
+    "MissingDependencyError",
+    "ModelLoadError",
     "OpenAIGenerator",
     "QRRanker",
     "RankedResult",

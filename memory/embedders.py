@@ -6,11 +6,14 @@ import hashlib
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from store.errors import InputError, MissingDependencyError, ModelLoadError
+from store.errors import InputError
+from store.registry import Registry
+
+from .errors import MissingDependencyError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +74,12 @@ class SentenceTransformerEmbedder(Embedder):
         except ModuleNotFoundError:
             raise MissingDependencyError(
                 "sentence-transformers is not installed: pip install 'qrmem[ml]'") from None
+        from .models import quiet_loading
+
         path = self.model_name_or_path or embedded_minilm_path()
         try:
-            model = SentenceTransformer(path, device=self.device, **self.model_kwargs)
+            with quiet_loading():
+                model = SentenceTransformer(path, device=self.device, **self.model_kwargs)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"cannot load sentence-transformers model {path!r}: {exc}. Pass an existing local "
@@ -111,24 +117,24 @@ class HashingEmbedder(Embedder):
         return out
 
 
-EMBEDDERS: dict[str, Callable[[str], Embedder]] = {
-    "sentence-transformers": lambda arg: SentenceTransformerEmbedder(arg or None),
-    "hashing": lambda arg: HashingEmbedder(int(arg) if arg else 256),
-}
+def _hashing(arg: str | None) -> Embedder:
+    return HashingEmbedder(int(arg) if arg else 256)
+
+
+def _sentence_transformers(arg: str | None) -> Embedder:
+    return SentenceTransformerEmbedder(arg)
+
+
+EMBEDDERS: Registry[Embedder] = Registry("embedder", "qrmem.embedders",
+                                         fallback=lambda spec: SentenceTransformerEmbedder(spec))
+EMBEDDERS.register("sentence-transformers", _sentence_transformers)
+EMBEDDERS.register("hashing", _hashing)
 
 
 def load_embedder(spec: str | None = None) -> Embedder:
-    """An embedder from a spec: `BACKEND[:ARG]` for a registered backend (`hashing:256`), or else a
-    sentence-transformers model name or path. None (or the default's stored name) gives the
+    """An embedder from a spec: `NAME[:ARG]` of a registered backend (`hashing:256`, a plug-in's name),
+    or else a sentence-transformers model name or path. None (or the default's stored name) gives the
     embedded default, the offline MiniLM. Every embedder's `name` is a spec that recreates it."""
     if spec is None or spec == DEFAULT_EMBEDDER_NAME:
         return SentenceTransformerEmbedder()
-    backend, sep, arg = spec.partition(":")
-    if sep and backend in EMBEDDERS:
-        try:
-            return EMBEDDERS[backend](arg)
-        except ValueError as exc:
-            raise InputError(f"bad embedder spec {spec!r}: {exc}") from None
-    if spec in EMBEDDERS:
-        return EMBEDDERS[spec]("")
-    return SentenceTransformerEmbedder(spec)
+    return EMBEDDERS.create(spec)

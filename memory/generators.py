@@ -13,21 +13,21 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from store.errors import InputError, MissingDependencyError, ModelLoadError, QrmemError
+from store.errors import InputError
+from store.registry import Registry
+
+from .errors import GenerationError, MissingDependencyError, ModelLoadError
+from .models import SMOLLM2_LABEL
 
 log = logging.getLogger(__name__)
 
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 ROLES = ("system", "user", "assistant")
-
-
-class GenerationError(QrmemError):
-    """The generator failed (server unreachable after retries, bad response, model error)."""
 
 
 class GenerationOptions(BaseModel):
@@ -80,7 +80,7 @@ class TransformersGenerator(Generator):
     def __init__(self, model: str | None = None, *, device: str | None = None, dtype: str = "auto",
                  trust_remote_code: bool = False) -> None:
         self.model_name_or_path = model
-        self.name = model or "SmolLM2-135M-Instruct"
+        self.name = model or SMOLLM2_LABEL
         self.device, self.dtype, self.trust_remote_code = device, dtype, trust_remote_code
         self._model: Any = None
         self._tokenizer: Any = None
@@ -90,15 +90,15 @@ class TransformersGenerator(Generator):
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ModuleNotFoundError:
             raise MissingDependencyError("TransformersGenerator needs transformers: pip install 'qrmem[ml]'") from None
-        from .qr import loading
+        from . import models
 
-        source = loading.resolve(self.model_name_or_path)
-        device = loading.pick_device(self.device)
+        source = models.resolve(self.model_name_or_path)
+        device = models.pick_device(self.device)
         try:
-            with loading.quiet_transformers():
+            with models.quiet_loading():
                 self._tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=self.trust_remote_code)
                 self._model = AutoModelForCausalLM.from_pretrained(
-                    source.path, dtype=loading.pick_dtype(self.dtype, device),
+                    source.path, dtype=models.pick_dtype(self.dtype, device),
                     trust_remote_code=self.trust_remote_code).eval().to(device)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load generator {source.label}: {exc}") from None
@@ -170,21 +170,26 @@ class OpenAIGenerator(Generator):
                               "running and --base-url right?")
 
 
-GENERATORS: dict[str, Callable[..., Generator]] = {
-    "transformers": TransformersGenerator,
-    "openai": OpenAIGenerator,
-}
+def _openai(arg: str | None, *, base_url: str | None = None, api_key_env: str | None = None,
+            **kwargs: Any) -> Generator:
+    kwargs.update({k: v for k, v in (("base_url", base_url), ("api_key_env", api_key_env)) if v is not None})
+    return OpenAIGenerator(arg, **kwargs)
+
+
+def _transformers(arg: str | None, *, base_url: str | None = None, api_key_env: str | None = None,
+                  **kwargs: Any) -> Generator:
+    if base_url is not None:
+        raise InputError("--base-url is for openai:MODEL generators")
+    return TransformersGenerator(arg, **kwargs)
+
+
+GENERATORS: Registry[Generator] = Registry("generator", "qrmem.generators")
+GENERATORS.register("transformers", _transformers)
+GENERATORS.register("openai", _openai)
 
 
 def load_generator(spec: str = "transformers", *, base_url: str | None = None,
                    api_key_env: str | None = None, **kwargs: Any) -> Generator:
-    """`transformers` (the embedded SmolLM2), `transformers:MODEL`, or `openai:MODEL` (with
-    `base_url` and `api_key_env`; None keeps the defaults)."""
-    name, _, arg = spec.partition(":")
-    if name not in GENERATORS:
-        raise InputError(f"unknown generator {spec!r}; choose one of {sorted(GENERATORS)}")
-    if name == "openai":
-        kwargs.update({k: v for k, v in (("base_url", base_url), ("api_key_env", api_key_env)) if v is not None})
-    elif base_url is not None:
-        raise InputError("--base-url is for openai:MODEL generators")
-    return GENERATORS[name](arg or None, **kwargs)
+    """`transformers` (the embedded SmolLM2), `transformers:MODEL`, `openai:MODEL` (with `base_url`
+    and `api_key_env`; None keeps the defaults), or a plug-in's `NAME[:ARG]`."""
+    return GENERATORS.create(spec, base_url=base_url, api_key_env=api_key_env, **kwargs)

@@ -8,16 +8,14 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import ValidationError
 
 from store import (
     AddResult,
-    CheckReport,
     Chunker,
     ChunkRecord,
     DeleteResult,
@@ -36,35 +34,16 @@ from store import (
 )
 
 from .embedders import Embedder, load_embedder
-from .fusion import dense_scores, rrf, top_k
-from .lexical import BM25Index
-from .rerankers import Reranker, load_reranker
+from .ranking import Reranker
+from .rerankers import load_reranker
+from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, Retriever, index_text
 from .summaries import Summarizer, catch_up
 from .types import IngestReport, SearchHit
 
 log = logging.getLogger(__name__)
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
-SEARCH_MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
 EMBED_GROUP = 256  # chunks embedded together across sessions on ingest
-DEFAULT_RERANK_K = 20  # first-stage candidates the reranker sees (see README: QRRanker figures)
-
-
-def index_text(chunk: ChunkRecord | None = None, *, text: str = "", date: str | None = None) -> str:
-    """What the first stage indexes for a chunk: its session date, then its text."""
-    if chunk is not None:
-        text, date = chunk.text, chunk.session_date
-    return f"[{date}] {text}" if date else text
-
-
-@dataclass
-class _UserIndex:
-    """Per-user search state, valid for one store revision of that user."""
-
-    revision: int
-    chunks: list[ChunkRecord]
-    matrix: np.ndarray | None = None  # (N, D) unit-norm float32, rows aligned with chunks
-    bm25: BM25Index | None = None
 
 
 class Memory:
@@ -90,7 +69,6 @@ class Memory:
         self._embedder: Embedder | None = embedder if isinstance(embedder, Embedder) else None
         self.chunker = make_chunker(chunker) if isinstance(chunker, str) else chunker
         self.first_stage = first_stage
-        self.rrf_k = rrf_k
         if rerank_k < 1:
             raise InputError(f"rerank_k must be >= 1, got {rerank_k}")
         self.rerank_k = rerank_k
@@ -100,7 +78,16 @@ class Memory:
         if rerank_context not in ("date", "summary", "none"):
             raise InputError(f"rerank_context must be date, summary or none, got {rerank_context!r}")
         self.rerank_context = rerank_context
-        self._index: dict[str, _UserIndex] = {}
+        self.retriever = Retriever(self.store, lambda: self.embedder, rrf_k)
+
+    @property
+    def rrf_k(self) -> int:
+        """Reciprocal-rank-fusion constant of the hybrid first stage."""
+        return self.retriever.rrf_k
+
+    @rrf_k.setter
+    def rrf_k(self, value: int) -> None:
+        self.retriever.rrf_k = value
 
     @property
     def embedder(self) -> Embedder:
@@ -173,7 +160,7 @@ class Memory:
                     vectors=vectors[offset:offset + len(cs)], replace=replace)
                 offset += len(cs)
                 report.results.append(result)
-                self._index.pop(s.user_id, None)
+                self.retriever.forget(s.user_id)
                 bar.update(1)
             report.write_seconds += time.perf_counter() - t0
             if self.summarizer is not None and summarize:
@@ -228,19 +215,15 @@ class Memory:
         rolled back to before the session; with a summarizer the later sessions are rolled in
         again at once, otherwise `qrmem summarize` does it (`result.needs_resummarize`)."""
         result = self.store.delete_session(user_id, session_id)
-        self._index.pop(user_id, None)
+        self.retriever.forget(user_id)
         if result.needs_resummarize and self.summarizer is not None:
             self._summarize_safely(user_id, session_id)
         return result
 
     def delete_user(self, user_id: str) -> DeleteResult:
         result = self.store.delete_user(user_id)
-        self._index.pop(user_id, None)
+        self.retriever.forget(user_id)
         return result
-
-    def check(self) -> CheckReport:
-        """Integrity check of the store (see `Store.check`)."""
-        return self.store.check()
 
     def export_user(self, user_id: str) -> dict[str, Any]:
         return self.store.export_user(user_id)
@@ -289,23 +272,8 @@ class Memory:
         except UnicodeEncodeError:
             raise InputError("query is not valid Unicode (it holds a lone surrogate)") from None
         _check_count(k, "k")
-        index = self._user_index(user_id)
-        n = len(index.chunks)
-        if n == 0:
-            return []
-        if mode == "dense":
-            scores = self._dense(index, query)
-            order = top_k(scores, k)
-        elif mode == "bm25":
-            scores = self._bm25(index).scores(query)
-            order = top_k(scores, k)
-        else:
-            dense = top_k(self._dense(index, query), n)
-            lexical = self._bm25(index).scores(query)
-            lexical_order = top_k(lexical, n)[: int(np.count_nonzero(lexical))]
-            scores = rrf([dense, lexical_order], n, self.rrf_k)
-            order = top_k(scores, k)
-        return [_hit(index.chunks[i], float(scores[i]), r) for r, i in enumerate(order, start=1)]
+        return [_hit(chunk, score, r) for r, (chunk, score)
+                in enumerate(self.retriever.search(user_id, query, k, mode), start=1)]
 
     def _rerank_context(self, user_id: str, hits: list[SearchHit]) -> tuple[list[str | None] | None, str | None]:
         if self.rerank_context == "none":
@@ -315,47 +283,6 @@ class Memory:
         latest = {(s.kind, s.session_id): s.text for s in self.store.summaries(user_id)}
         contexts = [latest.get(("session", h.session_id), h.session_date) for h in hits]
         return contexts, latest.get(("conversation", None))
-
-    def _user_index(self, user_id: str) -> _UserIndex:
-        revision = self.store.revision(user_id)
-        if revision is None:
-            return _UserIndex(-1, [])
-        cached = self._index.get(user_id)
-        if cached is None or cached.revision != revision:
-            revision, chunks = self.store.chunks_at_revision(user_id)  # one snapshot
-            if revision is None:
-                return _UserIndex(-1, [])
-            cached = _UserIndex(revision, chunks)
-            self._index[user_id] = cached
-        return cached
-
-    def _dense(self, index: _UserIndex, query: str) -> np.ndarray:
-        if index.matrix is None:
-            index.matrix = self._load_matrix(index)
-        q = self.embedder.embed([query])[0]
-        if q.shape[0] != index.matrix.shape[1]:
-            raise InputError(f"query vector has {q.shape[0]} dims but stored vectors have "
-                             f"{index.matrix.shape[1]}")
-        return dense_scores(index.matrix, q)
-
-    def _load_matrix(self, index: _UserIndex) -> np.ndarray:
-        user_id = index.chunks[0].user_id
-        name = self.embedder.name
-        stored = self.store.embeddings(user_id, name)
-        missing = [c for c in index.chunks if c.chunk_id not in stored]
-        if missing:
-            # Chunks stored under another embedder: embed them once and keep the vectors.
-            log.info("embedding %d chunks of %s that have no %s vectors", len(missing), user_id, name)
-            vecs = self.embedder.embed([index_text(c) for c in missing])
-            self.store.put_embeddings(name, [c.chunk_id for c in missing], vecs)
-            stored.update({c.chunk_id: v for c, v in zip(missing, vecs, strict=True)})
-        return np.stack([stored[c.chunk_id] for c in index.chunks]).astype(np.float32, copy=False)
-
-    @staticmethod
-    def _bm25(index: _UserIndex) -> BM25Index:
-        if index.bm25 is None:
-            index.bm25 = BM25Index([index_text(c) for c in index.chunks])
-        return index.bm25
 
 
 def _check_count(value: object, name: str) -> None:

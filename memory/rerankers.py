@@ -1,87 +1,27 @@
-"""Rerankers: one required method, `score`; `rank` (sorted, typed results) is built on it."""
+"""The reranker registry: `--reranker NAME[:ARG]`, `Memory(reranker="NAME[:ARG]")`.
+
+Built in: `qr` (the embedded QRRanker) and `qr:PATH_OR_HUB_ID`. Plug-ins register more through the
+`qrmem.rerankers` entry point group (see `store.registry`).
+"""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from store.registry import Registry
 
-from store.errors import InputError
+from .ranking import Reranker
 
 
-@dataclass(frozen=True)
-class RankedResult:
-    index: int  # position of the candidate in the input list
-    score: float
-    rank: int  # 1-based
-    text: str
+def _load_qr(arg: str | None, **options) -> Reranker:
+    from .qr import QRRanker  # heavy: only when a QR reranker is asked for
+
+    return QRRanker.load(arg, **options)
 
 
-@dataclass(frozen=True)
-class RankedResults:
-    """Candidates ordered best first."""
-
-    query: str
-    results: tuple[RankedResult, ...]
-
-    def top_k(self, k: int) -> list[RankedResult]:
-        return list(self.results[:k])
-
-    def __iter__(self) -> Iterator[RankedResult]:
-        return iter(self.results)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def __getitem__(self, i: int) -> RankedResult:
-        return self.results[i]
+RERANKERS: Registry[Reranker] = Registry("reranker", "qrmem.rerankers")
+RERANKERS.register("qr", _load_qr)
 
 
-class Reranker(ABC):
-    """Scores candidates for a query, all together (listwise) or one by one."""
-
-    @abstractmethod
-    def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
-              summary: str | None = None) -> list[float]:
-        """One score per doc, higher is better. `contexts` (one per doc, e.g. its session date or
-        summary) and `summary` (the conversation summary) are optional memory context."""
-
-    def rank(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
-             summary: str | None = None) -> RankedResults:
-        """Docs sorted by score, best first (ties keep input order)."""
-        validate(query, docs, contexts)
-        scores = self.score(query, docs, contexts=contexts, summary=summary)
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
-        return RankedResults(query, tuple(
-            RankedResult(index=i, score=float(scores[i]), rank=r, text=docs[i])
-            for r, i in enumerate(order, start=1)))
-
-
-def validate(query: str, docs: Sequence[str], contexts: Sequence[str | None] | None) -> None:
-    if not isinstance(query, str) or not query.strip():
-        raise InputError("query must be a non-empty string")
-    if isinstance(docs, str) or not docs:
-        raise InputError("rank needs a non-empty list of candidate texts")
-    for i, d in enumerate(docs):
-        if not isinstance(d, str) or not d.strip():
-            raise InputError(f"candidate {i} must be a non-empty string")
-    if contexts is not None and len(contexts) != len(docs):
-        raise InputError(f"got {len(contexts)} contexts for {len(docs)} candidates")
-
-
-def _load_qr(spec: str | None) -> Reranker:
-    from .qr import QRRanker
-
-    return QRRanker.load(spec or None)
-
-
-# Explicit registry: `--reranker NAME[:ARG]`.
-RERANKERS: dict[str, Callable[[str | None], Reranker]] = {"qr": _load_qr}
-
-
-def load_reranker(spec: str = "qr") -> Reranker:
-    """`qr` (the embedded QRRanker) or `qr:PATH_OR_HUB_ID`."""
-    name, _, arg = spec.partition(":")
-    if name not in RERANKERS:
-        raise InputError(f"unknown reranker {spec!r}; choose one of {sorted(RERANKERS)}")
-    return RERANKERS[name](arg or None)
+def load_reranker(spec: str = "qr", **options) -> Reranker:
+    """`qr` (the embedded QRRanker), `qr:PATH_OR_HUB_ID`, or a plug-in's `NAME[:ARG]`; keyword options
+    go to the factory (for `qr`: `QRRanker.load`'s, e.g. heads=, device=)."""
+    return RERANKERS.create(spec, **options)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+from memory.retrieval import DEFAULT_RERANK_K
+from store.errors import InputError, QrmemError
 
 if TYPE_CHECKING:
     from memory import Memory
@@ -39,8 +46,6 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from store.errors import QrmemError
-
         try:
             return fn(*args, **kwargs)
         except QrmemError as exc:
@@ -56,25 +61,105 @@ def open_memory(db: str | None, embedder: str | None = None, chunker: str = "tur
     return Memory(db, embedder=embedder, chunker=chunker, reranker=reranker, secure_delete=secure_delete)
 
 
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="reranker LM: local dir, .gguf file or hub id [default: embedded SmolLM2]")]
-HeadsOpt = Annotated[str | None, typer.Option(
-    "--heads", help="QR heads as LAYER-HEAD,... or a head-file .json [default: the model's own]")]
-CalOpt = Annotated[bool | None, typer.Option(
-    "--calibrate/--no-calibrate", help="null-query calibration [default: as the head list was chosen]")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... [default: auto]")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16, float16")]
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code",
-                                        help="run code shipped with a hub model (needed by MindscapeRAG/QRRanker)")]
+# -- option groups: declared once, added to each command that takes them ------------------------------
+
+@dataclass
+class ModelOptions:
+    """Which causal LM the QR reranker runs, and where."""
+
+    model: Annotated[str | None, typer.Option(
+        "--model", help="reranker LM: local dir, .gguf file or hub id [default: embedded SmolLM2]",
+        rich_help_panel="Model")] = None
+    device: Annotated[str | None, typer.Option(
+        "--device", help="cpu, cuda, cuda:1 ... [default: auto]", rich_help_panel="Model")] = None
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="auto, float32, bfloat16, float16", rich_help_panel="Model")] = "auto"
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="run code shipped with a hub model (needed by MindscapeRAG/QRRanker)",
+        rich_help_panel="Model")] = False
+
+    def load_options(self) -> dict[str, Any]:
+        return {"device": self.device, "dtype": self.dtype, "trust_remote_code": self.trust_remote_code}
 
 
-def load_qr(model: str | None, heads: str | None, calibrate: bool | None, device: str | None, dtype: str,
-            trust_remote_code: bool):
-    from memory import QRRanker
+@dataclass
+class HeadOptions:
+    """Which QR heads score, and how."""
 
-    options = {} if calibrate is None else {"calibrate": calibrate}
-    return QRRanker.load(model, heads=heads, device=device, dtype=dtype,
-                         trust_remote_code=trust_remote_code, **options)
+    heads: Annotated[str | None, typer.Option(
+        "--heads", help="QR heads as LAYER-HEAD,... or a head-file .json [default: the model's own]",
+        rich_help_panel="QR heads")] = None
+    calibrate: Annotated[bool | None, typer.Option(
+        "--calibrate/--no-calibrate", help="null-query calibration [default: as the head list was chosen]",
+        rich_help_panel="QR heads")] = None
+
+    def load_options(self) -> dict[str, Any]:
+        return {"heads": self.heads, **({} if self.calibrate is None else {"calibrate": self.calibrate})}
+
+
+@dataclass
+class GeneratorOptions:
+    """The chat model that answers and summarises."""
+
+    generator: Annotated[str, typer.Option(
+        "--generator", help="transformers[:MODEL] (default: offline SmolLM2), openai:MODEL, or a plug-in's NAME[:ARG]",
+        rich_help_panel="Generator")] = "transformers"
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1", rich_help_panel="Generator")] = None
+    api_key_env: Annotated[str, typer.Option(
+        "--api-key-env", help="openai: environment variable holding the key",
+        rich_help_panel="Generator")] = "OPENAI_API_KEY"
+
+    def load(self):
+        from memory import load_generator
+
+        return load_generator(self.generator, base_url=self.base_url, api_key_env=self.api_key_env)
+
+
+G = TypeVar("G")
+
+
+def options(name: str, group: type[G]) -> Callable[[F], F]:
+    """Add the fields of the option group `group` to a command as options, and hand the command one
+    `group` instance as its parameter `name`."""
+    fields_ = dataclasses.fields(group)  # type: ignore[arg-type]
+    hints = typing.get_type_hints(group, include_extras=True)
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        kept = [p for p in sig.parameters.values() if p.name != name]
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                   annotation=hints[f.name]) for f in fields_]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in fields_})
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=kept + added)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def load_ranker(spec: str, model: ModelOptions, heads: HeadOptions | None = None):
+    """The reranker named by `spec` (`qr`, `qr:PATH`, a plug-in's NAME[:ARG]) with the model and head
+    options (which only the QR reranker takes)."""
+    from memory import load_reranker
+
+    name, _, arg = spec.partition(":")
+    qr_options = {**model.load_options(), **(heads.load_options() if heads else {})}
+    if name != "qr":
+        given = [o for o, v in (("--model", model.model), ("--heads", heads and heads.heads),
+                                ("--calibrate", heads and heads.calibrate is not None)) if v]
+        if given:
+            raise InputError(f"{', '.join(given)} apply to the qr reranker, not {spec!r}")
+        return load_reranker(spec)
+    if model.model is not None:
+        if arg:
+            raise InputError(f"pass the model once: --reranker {spec!r} or --model {model.model!r}")
+        spec = f"qr:{model.model}"
+    return load_reranker(spec, **qr_options)
 
 
 def _print_json(obj: Any) -> None:
@@ -119,28 +204,27 @@ def ingest(
 
 @app.command()
 @handle_errors
+@options("model", ModelOptions)
+@options("qr", HeadOptions)
 def search(
     query: Annotated[str, typer.Argument(help="what to look for")],
     user: UserOpt,
+    model: ModelOptions,
+    qr: HeadOptions,
     db: DbOpt = None,
     k: Annotated[int, typer.Option("--k", "-k", help="number of hits")] = 10,
     mode: Annotated[str, typer.Option(help="hybrid, dense or bm25")] = "hybrid",
     embedder: EmbedderOpt = None,
-    rerank: Annotated[bool, typer.Option("--rerank", help="rerank the first stage with QRRanker")] = False,
-    rerank_k: Annotated[int, typer.Option("--rerank-k", help="first-stage candidates to rerank")] = 20,
-    model: ModelOpt = None,
-    heads: HeadsOpt = None,
-    calibrate: CalOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
-    trust_remote_code: TrustOpt = False,
+    rerank: Annotated[bool, typer.Option("--rerank", help="rerank the first stage (QRRanker unless --reranker)")] = False,
+    rerank_k: Annotated[int, typer.Option("--rerank-k", help="first-stage candidates to rerank")] = DEFAULT_RERANK_K,
+    reranker: Annotated[str, typer.Option(help="with --rerank: qr, qr:PATH, or a plug-in's NAME[:ARG]")] = "qr",
     as_json: JsonOpt = False,
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
-    --rerank-k with QRRanker (the embedded SmolLM2 unless --model)."""
-    ranker = load_qr(model, heads, calibrate, device, dtype, trust_remote_code) if rerank else None
-    hits = open_memory(db, embedder, reranker=ranker).search(  # type: ignore[arg-type]
-        user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k)
+    --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker."""
+    ranker = load_ranker(reranker, model, qr) if rerank else None
+    hits = open_memory(db, embedder, reranker=ranker).search(user, query, k=k, mode=mode, rerank=rerank,
+                                                            rerank_k=rerank_k)
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
@@ -153,25 +237,23 @@ def search(
 
 @app.command()
 @handle_errors
+@options("model", ModelOptions)
+@options("qr", HeadOptions)
 def rank(
     file: Annotated[Path, typer.Argument(
         help="candidates: a JSON list of strings or {text, context?} objects, or a text file with "
              "one per line; or QRRanker records {question, paragraphs: [{paragraph_text, title?}]}")],
+    model: ModelOptions,
+    qr: HeadOptions,
     query: Annotated[str | None, typer.Option("--query", "-q", help="the query (not for records)")] = None,
     k: Annotated[int | None, typer.Option("--k", "-k", help="show only the best k")] = None,
-    model: ModelOpt = None,
-    heads: HeadsOpt = None,
-    calibrate: CalOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
-    trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Rerank candidates for a query with QRRanker (listwise, one prompt)."""
     from memory.qr.records import read_rank_input
 
     jobs = read_rank_input(file, query)
-    ranker = load_qr(model, heads, calibrate, device, dtype, trust_remote_code)
+    ranker = load_ranker("qr", model, qr)
     out = []
     for job in jobs:
         ranked = ranker.rank(job.query, job.texts, contexts=job.contexts, summary=job.summary)
@@ -187,41 +269,44 @@ def rank(
             typer.echo(f"{row['rank']:3d}. {row['score']:+.4f} [{row['index']}] {row['text']}")
 
 
+RerankKOpt = Annotated[int, typer.Option(
+    "--rerank-k", "--k", help="first-stage candidates per question (the reranker's shortlist)")]
+SeedDbOpt = Annotated[str | None, typer.Option(
+    "--db", help="LoCoMo: store to ingest into [default: a temp file]")]
+GroupsOpt = Annotated[str | None, typer.Option(help="only these groups/conversations (comma-separated)")]
+
+
+def _split(text: str | None) -> list[str] | None:
+    return text.split(",") if text is not None else None
+
+
 heads_app = typer.Typer(no_args_is_help=True, help="Find the QR heads of a causal LM.")
 app.add_typer(heads_app, name="heads")
 
 
 @heads_app.command("detect")
 @handle_errors
+@options("model", ModelOptions)
 def heads_detect(
     data: Annotated[Path, typer.Option("--data", help="LoCoMo file, or QRRanker records (JSON/JSONL)")],
     out: Annotated[Path, typer.Option("--out", help="head file to write (a .png heatmap lands beside it)")],
+    model: ModelOptions,
     method: Annotated[str, typer.Option("--method", help="qr (per-head nDCG@10) or core (contrastive)")] = "qr",
     limit: Annotated[int, typer.Option("--limit", help="seed queries to use (with a gold candidate)")] = 64,
     top: Annotated[int, typer.Option("--top", help="heads to keep")] = 16,
-    k: Annotated[int, typer.Option("--k", help="LoCoMo: first-stage candidates per question")] = 20,
-    conversations: Annotated[str | None, typer.Option(help="only these groups/conversations (comma-separated)")] = None,
-    db: Annotated[str | None, typer.Option("--db", help="LoCoMo: store to ingest into [default: a temp file]")] = None,
+    rerank_k: RerankKOpt = DEFAULT_RERANK_K,
+    conversations: GroupsOpt = None,
+    db: SeedDbOpt = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
-    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Score every (layer, head) on seed queries and write the best as a head list."""
-    from memory import QRRanker
-    from memory.qr import data as qdata
-    from memory.qr.detect import METHODS, detect, write
+    from agent.locomo import load_records
+    from memory.qr.detect import detect_heads, write
 
-    if method not in METHODS:
-        raise _fail(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    groups = conversations.split(",") if conversations else None
-    records = qdata.sample(qdata.load_records(data, k=k, db=db, conversations=groups), limit, seed)
-    ranker = QRRanker.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                           all_layers=True)
-    det = detect(ranker, records, method=method, top=top, seed=seed, progress=sys.stderr.isatty(),
-                 meta={"seed_data": data.name, "k": k, "limit": limit, "sampling_seed": seed,
-                       "groups": sorted({r.split_key for r in records})})
+    records = load_records(data, rerank_k=rerank_k, db=db, conversations=_split(conversations))
+    det = detect_heads(records, model=model.model, method=method, top=top, limit=limit, seed=seed,
+                       progress=sys.stderr.isatty(), meta={"seed_data": data.name, "rerank_k": rerank_k},
+                       **model.load_options())
     head_file, png = write(det, out)
     typer.echo(f"{len(det.heads)} heads by {method} on {det.queries} queries: {', '.join(map(str, det.heads))}")
     typer.echo(f"top-{top} overlap across random halves of the queries: {det.stability:.2f}")
@@ -230,17 +315,19 @@ def heads_detect(
 
 @app.command()
 @handle_errors
+@options("model", ModelOptions)
+@options("qr", HeadOptions)
 def train(
     data: Annotated[Path, typer.Option("--data", help="LoCoMo file, or QRRanker records (JSON/JSONL)")],
     out: Annotated[Path, typer.Option("--out", help="model directory to write (QRRanker.load(DIR))")],
-    model: ModelOpt = None,
-    heads: HeadsOpt = None,
+    model: ModelOptions,
+    qr: HeadOptions,
     val_conversations: Annotated[str | None, typer.Option(
         help="validation groups/conversations (comma-separated) [default: a third, by seed]")] = None,
     limit: Annotated[int | None, typer.Option(help="at most this many training queries")] = None,
     val_limit: Annotated[int | None, typer.Option(help="at most this many validation queries")] = None,
-    k: Annotated[int, typer.Option("--k", help="LoCoMo: first-stage candidates per question")] = 20,
-    db: Annotated[str | None, typer.Option("--db", help="LoCoMo: store to ingest into [default: a temp file]")] = None,
+    rerank_k: RerankKOpt = DEFAULT_RERANK_K,
+    db: SeedDbOpt = None,
     method: Annotated[str, typer.Option(help="lora or attention (train the projections themselves)")] = "lora",
     epochs: Annotated[int, typer.Option()] = 1,
     lr: Annotated[float, typer.Option()] = 2e-4,
@@ -252,34 +339,26 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint")] = False,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
-    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Train QR heads listwise (group-wise contrastive loss on max-min normalised QR scores).
 
     Splits by conversation, never by question; validates each epoch; checkpoints every optimizer
     step (resume with --resume); writes a directory that `QRRanker.load(DIR)` and --model accept.
     """
-    from memory import QRRanker
-    from memory.qr import data as qdata
-    from memory.qr.train import TrainConfig
-    from memory.qr.train import train as run_training
+    from agent.locomo import load_records
+    from memory.qr.data import split_and_sample
+    from memory.qr.train import TrainConfig, train_heads
 
     cfg = TrainConfig(method=method, epochs=epochs, lr=lr, grad_accum=grad_accum, lora_r=lora_r,
                       lora_alpha=2 * lora_r, layers_from=layers_from, temperature=temperature,
                       max_steps=max_steps, seed=seed, gradient_checkpointing=gradient_checkpointing)
-    records = qdata.load_records(data, k=k, db=db)
-    val_groups = val_conversations.split(",") if val_conversations else None
-    train_recs, val_recs = qdata.split_by_group(records, val_groups, seed=seed)
-    train_recs = qdata.sample(train_recs, limit, seed)
-    val_recs = qdata.sample(val_recs, val_limit, seed)
+    records = load_records(data, rerank_k=rerank_k, db=db)
+    train_recs, val_recs = split_and_sample(records, _split(val_conversations), limit=limit,
+                                            val_limit=val_limit, seed=seed)
     typer.echo(f"training on {len(train_recs)} queries ({len({r.split_key for r in train_recs})} groups), "
                f"validating on {len(val_recs)} ({', '.join(sorted({r.split_key for r in val_recs}))})")
-    ranker = QRRanker.load(model, heads=heads, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    base = str(Path(model).resolve()) if model and Path(model).exists() else model
-    report = run_training(ranker, train_recs, val_recs, out, cfg, base=base, resume=resume,
-                          progress=sys.stderr.isatty())
+    report = train_heads(train_recs, val_recs, out, cfg, model=model.model, resume=resume,
+                         progress=sys.stderr.isatty(), **model.load_options(), **qr.load_options())
     typer.echo(f"before training: {report.baseline}")
     for ep in report.epochs:
         typer.echo(f"epoch {ep.epoch}: loss {ep.train_loss:.4f}, {ep.seconds_per_query:.2f}s/query, "
@@ -289,19 +368,18 @@ def train(
 
 @app.command()
 @handle_errors
+@options("gen", GeneratorOptions)
 def summarize(
     user: UserOpt,
+    gen: GeneratorOptions,
     db: DbOpt = None,
     redo: Annotated[bool, typer.Option("--redo", help="recompute every session and restart the rolling summary")] = False,
-    generator: Annotated[str, typer.Option(help="transformers[:MODEL] (default: offline SmolLM2) or openai:MODEL")] = "transformers",
-    base_url: Annotated[str | None, typer.Option(help="openai: server URL, e.g. http://127.0.0.1:8000/v1")] = None,
-    api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the key")] = "OPENAI_API_KEY",
 ) -> None:
     """Compute the missing session summaries of a user in order, rolling the conversation summary."""
-    from memory import Summarizer, load_generator
+    from memory import Summarizer
 
     mem = open_memory(db)
-    mem.summarizer = Summarizer(load_generator(generator, base_url=base_url, api_key_env=api_key_env))
+    mem.summarizer = Summarizer(gen.load())
     n = mem.summarize(user, redo=redo)
     conv = next((s for s in mem.summaries(user) if s.kind == "conversation"), None)
     typer.echo(f"summarised {n} sessions of {user!r}")
@@ -311,12 +389,11 @@ def summarize(
 
 @app.command()
 @handle_errors
+@options("gen", GeneratorOptions)
 def chat(
     user: UserOpt,
+    gen: GeneratorOptions,
     db: DbOpt = None,
-    generator: Annotated[str, typer.Option(help="transformers[:MODEL] (default: offline SmolLM2) or openai:MODEL")] = "transformers",
-    base_url: Annotated[str | None, typer.Option(help="openai: server URL")] = None,
-    api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the key")] = "OPENAI_API_KEY",
     top_n: Annotated[int, typer.Option(help="memories given to the generator")] = 3,
     rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="rerank with QRRanker")] = True,
     summarize: Annotated[bool, typer.Option("--summarize/--no-summarize", help="roll summaries at the end")] = True,
@@ -324,12 +401,12 @@ def chat(
     """Chat with persistent memory: each exchange is stored; memory carries over between runs.
     Type /end (or Ctrl-D) to close the session."""
     from agent import MemoryAgent
-    from memory import Summarizer, load_generator
+    from memory import Summarizer
 
-    gen = load_generator(generator, base_url=base_url, api_key_env=api_key_env)
+    generator = gen.load()
     mem = open_memory(db)
-    mem.summarizer = Summarizer(gen) if summarize else None
-    agent = MemoryAgent(mem, gen, top_n=top_n, rerank=rerank)
+    mem.summarizer = Summarizer(generator) if summarize else None
+    agent = MemoryAgent(mem, generator, top_n=top_n, rerank=rerank)
     typer.echo(f"memory: {mem.store.safe_url}, user {user!r}; /end to finish")
     try:
         while True:
@@ -356,27 +433,27 @@ app.add_typer(eval_app, name="eval")
 
 @eval_app.command("locomo")
 @handle_errors
+@options("gen", GeneratorOptions)
 def eval_locomo(
-    data: Annotated[Path | None, typer.Option(help="locomo10.json-style file [default: a slice of locomo_dev, else the shipped tiny one]")] = None,
+    gen: GeneratorOptions,
+    data: Annotated[Path | None, typer.Option(help="locomo10.json-style file [default: the tiny conversation shipped with qrmem]")] = None,
     conversations: Annotated[str | None, typer.Option(help="sample ids, comma-separated")] = None,
     limit: Annotated[int | None, typer.Option(help="questions in all")] = None,
     out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/locomo"),
-    k: Annotated[int, typer.Option("--k", help="first-stage candidates to rerank")] = 20,
+    rerank_k: RerankKOpt = DEFAULT_RERANK_K,
     top_n: Annotated[int, typer.Option("--top-n", help="chunks given to the generator")] = 3,
-    reranker: Annotated[str, typer.Option(help="qr, qr:PATH or none")] = "qr",
-    generator: Annotated[str, typer.Option(help="transformers[:MODEL] or openai:MODEL")] = "transformers",
-    base_url: Annotated[str | None, typer.Option(help="openai: server URL")] = None,
+    reranker: Annotated[str, typer.Option(help="qr, qr:PATH, a plug-in's NAME[:ARG], or none")] = "qr",
     summaries: Annotated[bool, typer.Option("--summaries", help="roll summaries, give them to the reranker")] = False,
     categories: Annotated[str | None, typer.Option(help="question categories, e.g. 1,2,3,4 [default: all]")] = None,
     no_answer: Annotated[bool, typer.Option("--no-answer", help="retrieval only: skip the generator, no F1")] = False,
     download: Annotated[bool, typer.Option("--download", help="fetch the public locomo10.json (needs network)")] = False,
 ) -> None:
     """Ingest LoCoMo conversations session by session, answer every question from memory, score it."""
-    from agent.locomo import build_and_run, parse_categories, report
+    from agent.evaluation import build_and_run, parse_categories, report
 
-    summary = build_and_run(out=out, data=data, limit=limit, k=k, top_n=top_n,
-                            conversations=conversations.split(",") if conversations else None,
-                            reranker=reranker, generator=generator, base_url=base_url,
+    summary = build_and_run(out=out, data=data, limit=limit, rerank_k=rerank_k, top_n=top_n,
+                            conversations=_split(conversations), reranker=reranker,
+                            generator=gen.generator, base_url=gen.base_url, api_key_env=gen.api_key_env,
                             summaries=summaries, download_public=download, progress=sys.stderr.isatty(),
                             categories=parse_categories(categories), answer=not no_answer)
     typer.echo(report(summary))

@@ -13,14 +13,13 @@ from .db import default_db_path, resolve_url
 from .errors import (
     ConcurrentUpdateError,
     InputError,
-    MissingDependencyError,
-    ModelLoadError,
     NotFoundError,
     QrmemError,
     SessionConflictError,
     StoreError,
 )
 from .formats import load_file, parse_obj
+from .registry import Registry
 from .store import Store
 from .types import (
     AddResult,
@@ -47,10 +46,9 @@ __all__ = [
     "ConcurrentUpdateError",
     "DeleteResult",
     "InputError",
-    "MissingDependencyError",
-    "ModelLoadError",
     "NotFoundError",
     "QrmemError",
+    "Registry",
     "SessionConflictError",
     "SessionIn",
     "SessionInfo",

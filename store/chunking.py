@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from .errors import InputError
+from .registry import Registry
 from .types import ChunkIn, TurnIn
 
 
@@ -65,24 +66,29 @@ class WindowChunker(Chunker):
         return out
 
 
-CHUNKERS: dict[str, type[Chunker]] = {"turn": TurnChunker, "window": WindowChunker}
+def _turn(arg: str | None) -> Chunker:
+    if arg:
+        raise InputError("the turn chunker takes no options")
+    return TurnChunker()
+
+
+def _window(arg: str | None) -> Chunker:
+    try:
+        args = [int(x) for x in arg.split(":")] if arg else []
+    except ValueError:
+        raise InputError(f"bad window chunker 'window:{arg}'; use window:SIZE:OVERLAP") from None
+    if len(args) > 2:
+        raise InputError(f"bad window chunker 'window:{arg}'; use window:SIZE:OVERLAP")
+    return WindowChunker(*args)
+
+
+CHUNKERS: Registry[Chunker] = Registry("chunker", "qrmem.chunkers")
+CHUNKERS.register("turn", _turn)
+CHUNKERS.register("window", _window)
 
 
 def make_chunker(spec: str = "turn") -> Chunker:
-    """`turn`, `window` (4 turns, overlap 1) or `window:SIZE:OVERLAP`."""
+    """`turn`, `window` (4 turns, overlap 1), `window:SIZE:OVERLAP`, or a plug-in's `NAME[:ARG]`."""
     if not isinstance(spec, str):
         raise InputError(f"a chunker is named by a string such as 'turn' or 'window:4:1', got {spec!r}")
-    name, _, rest = spec.partition(":")
-    if name not in CHUNKERS:
-        raise InputError(f"unknown chunker {spec!r}; choose one of {sorted(CHUNKERS)}")
-    if name == "turn":
-        if rest:
-            raise InputError("the turn chunker takes no options")
-        return TurnChunker()
-    try:
-        args = [int(x) for x in rest.split(":")] if rest else []
-    except ValueError:
-        raise InputError(f"bad window chunker {spec!r}; use window:SIZE:OVERLAP") from None
-    if len(args) > 2:
-        raise InputError(f"bad window chunker {spec!r}; use window:SIZE:OVERLAP")
-    return WindowChunker(*args)
+    return CHUNKERS.create(spec)

@@ -1,4 +1,7 @@
-"""Errors raised by qrmem. Every message says what went wrong and what to do next."""
+"""The errors every layer shares. Every message says what went wrong and what to do next.
+
+Errors about models (loading, missing optional dependencies, generation) live with the models, in
+`memory.errors`: the store knows nothing of models."""
 
 from __future__ import annotations
 
@@ -30,14 +33,6 @@ class SessionConflictError(QrmemError):
 
 class NotFoundError(QrmemError):
     """A user or session does not exist."""
-
-
-class ModelLoadError(QrmemError):
-    """A model could not be found or loaded."""
-
-
-class MissingDependencyError(QrmemError, ModuleNotFoundError):
-    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class ConcurrentUpdateError(QrmemError):

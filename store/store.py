@@ -22,9 +22,10 @@ from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from . import schema as t
+from . import versions
+from .check import find_problems
 from .db import SQLITE_BUSY_TIMEOUT_MS, create_store_engine, is_sqlite, resolve_url
 from .errors import (
-    ConcurrentUpdateError,
     InputError,
     NotFoundError,
     SessionConflictError,
@@ -205,12 +206,12 @@ class Store:
                         "stored with different content; pass --replace (replace=True) to overwrite it")
                 position = row.position if position is None else position
                 # The conversation summary rolled the old content in: take it back out.
-                self._roll_back_conversation(conn, user_pk, min(position, row.position), session.session_id)
+                versions.roll_back_conversation(conn, user_pk, min(position, row.position), session.session_id, _now())
                 conn.execute(delete(t.sessions).where(t.sessions.c.id == row.id))
                 status = "replaced"
             elif position is not None:
                 # A session placed before ones already rolled into the conversation summary.
-                self._roll_back_conversation(conn, user_pk, position, session.session_id)
+                versions.roll_back_conversation(conn, user_pk, position, session.session_id, _now())
             if position is None:
                 last = conn.scalar(select(func.max(t.sessions.c.position))
                                    .where(t.sessions.c.user_id == user_pk))
@@ -320,43 +321,6 @@ class Store:
                                 f"`qrmem sessions --user {user_id}` lists them")
         return pk
 
-    @staticmethod
-    def _roll_back_conversation(conn: Connection, user_pk: int, position: int,
-                                session_id: str) -> tuple[int, int | None, bool]:
-        """Undo every conversation-summary version that rolled in a session at `position` or later
-        (used when a session there is deleted, replaced or inserted). The stale versions are deleted
-        and the newest surviving one is written again under a fresh version number (an empty
-        marker when none survives), so version numbers are never reused: a process still rolling
-        from a stale version can never pass its `if_version` check. Returns (versions deleted,
-        the fresh version or None when nothing was stale, whether later sessions need rolling)."""
-        conv = conn.execute(select(t.summaries.c.id, t.summaries.c.version, t.summaries.c.text,
-                                   t.summaries.c.model, t.summaries.c.meta)
-                            .where(t.summaries.c.user_id == user_pk, t.summaries.c.kind == "conversation")
-                            .order_by(t.summaries.c.version)).all()
-        positions = dict(conn.execute(select(t.sessions.c.external_id, t.sessions.c.position)
-                                      .where(t.sessions.c.user_id == user_pk)).all())
-
-        def through_position(row: Any) -> int | None:
-            through = (row.meta or {}).get("through_session")
-            return positions.get(through) if through is not None else None
-
-        first_stale = next((r.version for r in conv
-                            if (pos := through_position(r)) is not None and pos >= position), None)
-        if first_stale is None:
-            return 0, None, False
-        stale = [r for r in conv if r.version >= first_stale]
-        kept = [r for r in conv if r.version < first_stale and r.text]
-        needs = any((r.meta or {}).get("through_session") != session_id for r in stale)
-        conn.execute(delete(t.summaries).where(t.summaries.c.id.in_([r.id for r in stale])))
-        fresh = conv[-1].version + 1
-        last = kept[-1] if kept else None
-        conn.execute(t.summaries.insert().values(
-            user_id=user_pk, session_id=None, kind="conversation", version=fresh,
-            text=last.text if last else "", model=last.model if last else None,
-            meta={**((last.meta or {}) if last else {"through_session": None}),
-                  "rolled_back_from": session_id}, created_at=_now()))
-        return len(stale), fresh, needs
-
     def delete_session(self, user_id: str, session_id: str) -> DeleteResult:
         """Delete a session with its turns, chunks, embeddings and session summaries, and roll the
         conversation summary back to the last version written before this session was rolled in
@@ -370,7 +334,7 @@ class Store:
             turns = conn.scalar(select(func.count()).where(t.turns.c.session_id == pk)) or 0
             chunks = conn.scalar(select(func.count()).where(t.chunks.c.session_id == pk)) or 0
             n_summaries = conn.scalar(select(func.count()).where(t.summaries.c.session_id == pk)) or 0
-            stale, fresh, needs = self._roll_back_conversation(conn, user_pk, position, session_id)
+            stale, fresh, needs = versions.roll_back_conversation(conn, user_pk, position, session_id, _now())
             conn.execute(delete(t.sessions).where(t.sessions.c.id == pk))
             self._bump(conn, user_pk)
             return DeleteResult(user_id, session_id, int(turns), int(chunks), int(n_summaries) + stale,
@@ -494,7 +458,7 @@ class Store:
                                 .group_by(t.embeddings.c.model))
             return dict(rows.all())
 
-    # -- summaries ----------------------------------------------------------------------------------
+    # -- summaries (versioning rules in store/versions.py) -------------------------------------------
 
     def add_summary(self, user_id: str, kind: str, text: str, *, session_id: str | None = None,
                     model: str | None = None, meta: dict[str, Any] | None = None,
@@ -511,18 +475,8 @@ class Store:
         def write(conn: Connection) -> int:
             user_pk = self._require_user(conn, user_id, lock=True)
             session_pk = self._require_session(conn, user_id, session_id, user_pk) if session_id else None
-            last = conn.scalar(select(func.max(t.summaries.c.version)).where(
-                t.summaries.c.user_id == user_pk, t.summaries.c.kind == kind,
-                t.summaries.c.session_id.is_(None) if session_pk is None
-                else t.summaries.c.session_id == session_pk))
-            if if_version is not None and (last or 0) != if_version:
-                raise ConcurrentUpdateError(
-                    f"the {kind} summary of user {user_id!r} is at version {last or 0}, not {if_version}: "
-                    "another process updated it; read it again")
-            version = (last or 0) + 1
-            conn.execute(t.summaries.insert().values(
-                user_id=user_pk, session_id=session_pk, kind=kind, version=version, text=text,
-                model=model, meta=meta, created_at=now))
+            version = versions.append(conn, user_pk, session_pk, kind, text, model=model, meta=meta,
+                                      if_version=if_version, now=now, who=f"user {user_id!r}")
             self._bump(conn, user_pk)
             return version
 
@@ -532,30 +486,13 @@ class Store:
     def summaries(self, user_id: str, *, latest: bool = True) -> list[SummaryRecord]:
         """A user's summaries (by default only the latest version of each)."""
         with self._read() as conn:
-            user_pk = self._require_user(conn, user_id)
-            rows = conn.execute(
-                select(t.summaries.c.kind, t.sessions.c.external_id, t.summaries.c.version,
-                       t.summaries.c.text, t.summaries.c.model, t.summaries.c.created_at,
-                       t.summaries.c.meta)
-                .outerjoin(t.sessions, t.sessions.c.id == t.summaries.c.session_id)
-                .where(t.summaries.c.user_id == user_pk)
-                .order_by(t.summaries.c.kind, t.sessions.c.position, t.summaries.c.version)).all()
-        out = [SummaryRecord(user_id, *r) for r in rows]
-        if latest:
-            newest: dict[tuple[str, str | None], SummaryRecord] = {}
-            for s in out:
-                newest[(s.kind, s.session_id)] = s
-            out = list(newest.values())
-        # An empty conversation version marks a roll-back to "no summary yet" (see delete_session).
-        return [s for s in out if s.text]
+            return versions.read(conn, self._require_user(conn, user_id), user_id, latest=latest)
 
     def conversation_version(self, user_id: str) -> int:
         """The newest conversation-summary version number (0: none), roll-back markers included:
         what `add_summary(..., if_version=)` compares against."""
         with self._read() as conn:
-            user_pk = self._require_user(conn, user_id)
-            return int(conn.scalar(select(func.max(t.summaries.c.version)).where(
-                t.summaries.c.user_id == user_pk, t.summaries.c.kind == "conversation")) or 0)
+            return versions.latest_version(conn, self._require_user(conn, user_id), "conversation", None)
 
     # -- whole-store views ----------------------------------------------------------------------------
 
@@ -568,78 +505,11 @@ class Store:
                                chunks=n(t.chunks), embeddings=n(t.embeddings), summaries=n(t.summaries))
 
     def check(self) -> CheckReport:
-        """Integrity check of the whole store (`qrmem check`): the database's own checks (SQLite
-        integrity_check and foreign_key_check), orphans, sessions left half-written, embeddings
-        against chunks, summary versions. Read-only."""
-        problems: list[str] = []
-        warnings: list[str] = []
-        checks: list[str] = []
-
-        def expect_none(name: str, query: Any) -> None:
-            checks.append(name)
-            n = int(conn.scalar(select(func.count()).select_from(query.subquery())) or 0)
-            if n:
-                problems.append(f"{name}: {n}")
-
+        """Integrity check of the whole store (`qrmem check`; see `store.check`). Read-only."""
         with self._read(snapshot=True) as conn:
-            if conn.dialect.name == "sqlite":
-                checks.append("sqlite integrity_check")
-                bad = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check") if r[0] != "ok"]
-                problems += [f"sqlite integrity_check: {m}" for m in bad[:20]]
-                checks.append("sqlite foreign_key_check")
-                fk = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
-                if fk:
-                    problems.append(f"foreign keys violated: {len(fk)} rows, e.g. {tuple(fk[0])}")
-            from .migrations import MIGRATIONS, applied
-
-            checks.append("migrations")
-            missing = [name for name, _ in MIGRATIONS if name not in set(applied(conn))]
-            if missing:
-                problems.append(f"migrations not applied: {missing}")
-            s_, u, tu, c, ct, e, sm = t.sessions, t.users, t.turns, t.chunks, t.chunk_turns, t.embeddings, t.summaries
-            expect_none("sessions without a user", select(s_.c.id).where(~select(u.c.id).where(u.c.id == s_.c.user_id).exists()))
-            expect_none("turns without a session", select(tu.c.id).where(~select(s_.c.id).where(s_.c.id == tu.c.session_id).exists()))
-            expect_none("chunks without a session", select(c.c.id).where(~select(s_.c.id).where(s_.c.id == c.c.session_id).exists()))
-            expect_none("chunks whose user differs from their session's",
-                        select(c.c.id).join(s_, s_.c.id == c.c.session_id).where(s_.c.user_id != c.c.user_id))
-            expect_none("chunk-turn links to a missing chunk or turn", select(ct.c.chunk_id).where(
-                ~select(c.c.id).where(c.c.id == ct.c.chunk_id).exists()
-                | ~select(tu.c.id).where(tu.c.id == ct.c.turn_id).exists()))
-            expect_none("chunk-turn links across sessions", select(ct.c.chunk_id)
-                        .join(c, c.c.id == ct.c.chunk_id).join(tu, tu.c.id == ct.c.turn_id)
-                        .where(c.c.session_id != tu.c.session_id))
-            expect_none("sessions without turns (half-written)", select(s_.c.id).where(
-                ~select(tu.c.id).where(tu.c.session_id == s_.c.id).exists()))
-            expect_none("sessions without chunks (half-written)", select(s_.c.id).where(
-                ~select(c.c.id).where(c.c.session_id == s_.c.id).exists()))
-            expect_none("chunks covering no turn", select(c.c.id).where(
-                ~select(ct.c.chunk_id).where(ct.c.chunk_id == c.c.id).exists()))
-            expect_none("turns in no chunk", select(tu.c.id).where(
-                ~select(ct.c.turn_id).where(ct.c.turn_id == tu.c.id).exists()))
-            expect_none("embeddings without a chunk", select(e.c.chunk_id).where(
-                ~select(c.c.id).where(c.c.id == e.c.chunk_id).exists()))
-            expect_none("embeddings whose size is not dim x 4 bytes",
-                        select(e.c.chunk_id).where(func.length(e.c.vector) != e.c.dim * 4))
-            checks.append("embeddings vs chunks")
-            n_chunks = int(conn.scalar(select(func.count()).select_from(c)) or 0)
-            bare = int(conn.scalar(select(func.count()).select_from(c).where(
-                ~select(e.c.chunk_id).where(e.c.chunk_id == c.c.id).exists())) or 0)
-            if bare:
-                warnings.append(f"{bare} chunks have no vector yet (the next search embeds them)")
-            for model, n, dims in conn.execute(select(e.c.model, func.count(), func.count(e.c.dim.distinct()))
-                                               .group_by(e.c.model)):
-                if n < n_chunks:
-                    warnings.append(f"embedding model {model!r} has vectors for {n} of {n_chunks} chunks")
-                if dims != 1:
-                    problems.append(f"embedding model {model!r}: vectors of {dims} different sizes")
-            expect_none("summaries without a user", select(sm.c.id).where(
-                ~select(u.c.id).where(u.c.id == sm.c.user_id).exists()))
-            expect_none("session summaries without their session", select(sm.c.id).where(
-                sm.c.kind == "session", ~select(s_.c.id).where(s_.c.id == sm.c.session_id).exists()))
-            expect_none("duplicate summary versions", select(sm.c.user_id).group_by(
-                sm.c.user_id, sm.c.kind, sm.c.session_id, sm.c.version).having(func.count() > 1))
-        counts = self.counts()
-        return CheckReport(ok=not problems, counts=counts, problems=problems, warnings=warnings, checks=checks)
+            problems, warnings, checks = find_problems(conn)
+        return CheckReport(ok=not problems, counts=self.counts(), problems=problems, warnings=warnings,
+                           checks=checks)
 
     def export_user(self, user_id: str) -> dict[str, Any]:
         """A user's memory in the qrmem chat-log format (re-importable with `import_user`)."""

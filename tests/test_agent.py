@@ -41,7 +41,7 @@ def test_chat_answers_from_reranked_memory_and_writes_back(db: str) -> None:
     gen = Echo()
     mem = Memory(db, embedder=HashingEmbedder(64), reranker=ReverseRanker(), summarizer=Summarizer(gen))
     mem.ingest_file(TINY_LOCOMO)
-    agent = MemoryAgent(mem, gen, k=4, top_n=2)
+    agent = MemoryAgent(mem, gen, rerank_k=4, top_n=2)
     first = mem.search("tiny-1", "kitten Miso name", k=4)
     answer = agent.chat("tiny-1", "kitten Miso name")
     assert [c.text for c in answer.chunks] == [first[3].text, first[2].text]  # reranked, top-2
@@ -72,7 +72,7 @@ def test_memory_persists_across_agents(db: str) -> None:
     with pytest.raises(InputError, match="non-empty"):
         later.chat("zoe", " ")
     with pytest.raises(InputError, match="top_n"):
-        MemoryAgent(Memory(db, embedder=HashingEmbedder(64)), gen, k=2, top_n=3)
+        MemoryAgent(Memory(db, embedder=HashingEmbedder(64)), gen, rerank_k=2, top_n=3)
 
 
 def test_qrmem_chat_repl_keeps_memory_between_runs(db: str, chat_server) -> None:

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from memory.qr.data import Record, load_records, parse_records, split_by_group
-from memory.qr.detect import contrast_per_head, head_quality, ndcg_per_head, top_heads
+from agent.locomo import load_records
+from memory.metrics import ndcg_from_scores
+from memory.qr.data import Record, parse_records, split_by_group
+from memory.qr.detect import contrast_per_head, head_quality, top_heads
 from memory.qr.heads import Head
 from qrmem.cli import app
 from store import InputError
@@ -22,10 +24,10 @@ def test_ndcg_and_contrast_per_head_are_exact() -> None:
                         [0.9, 0.2, 0.5, 0.0],    # head 1 ranks gold second -> 1/log2(3)
                         [0.9, 0.8, 0.0, 0.7]]])  # head 2 ranks gold last -> 1/log2(5)
     gold = np.array([False, False, True, False])
-    np.testing.assert_allclose(ndcg_per_head(scores, gold), [[1.0, 1 / np.log2(3), 1 / np.log2(5)]])
+    np.testing.assert_allclose(ndcg_from_scores(scores, gold), [[1.0, 1 / np.log2(3), 1 / np.log2(5)]])
     np.testing.assert_allclose(contrast_per_head(scores, gold), [[0.9 - 0.1, 0.5 - 1.1 / 3, -0.8]])
     q = head_quality([scores, scores], [gold, [False] * 4])  # the second query has no gold: skipped
-    np.testing.assert_allclose(q, ndcg_per_head(scores, gold))
+    np.testing.assert_allclose(q, ndcg_from_scores(scores, gold))
     assert top_heads(q, 2, layers=[7]) == [Head(7, 0), Head(7, 1)]
 
 
@@ -61,7 +63,7 @@ def test_locomo_records_use_the_first_stage_and_evidence(tmp_path: Path) -> None
     from memory import HashingEmbedder, Memory
 
     mem = Memory(str(tmp_path / "m.db"), embedder=HashingEmbedder(64))
-    recs = load_records(Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json", k=3, memory=mem)
+    recs = load_records(Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json", rerank_k=3, memory=mem)
     assert len(recs) == 8  # the category-5 question is excluded
     first = recs[0]
     assert first.group == "tiny-1" and len(first.paragraphs) == 3

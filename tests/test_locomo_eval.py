@@ -7,7 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from agent.locomo import TINY, EvalConfig, run
+from agent.evaluation import EvalConfig, run
+from agent.locomo import TINY
 from memory import HashingEmbedder, Memory
 from memory.generators import Generator
 from qrmem.cli import app
@@ -29,7 +30,7 @@ class Answers(Generator):
 def test_eval_writes_rows_summary_report_chart_and_resumes(tmp_path: Path) -> None:
     gen = Answers()
     mem = Memory(str(tmp_path / "m.db"), embedder=HashingEmbedder(64))
-    cfg = EvalConfig(out=tmp_path / "out", data=TINY, k=5, top_n=2, rerank=False)
+    cfg = EvalConfig(out=tmp_path / "out", data=TINY, rerank_k=5, top_n=2, rerank=False)
     summary = run(cfg, mem, gen)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = saved["questions"]
@@ -68,7 +69,7 @@ def test_cli_eval_locomo(tmp_path: Path, chat_server) -> None:
 def test_categories_and_retrieval_only(tmp_path: Path) -> None:
     gen = Answers()
     mem = Memory(str(tmp_path / "m.db"), embedder=HashingEmbedder(64))
-    cfg = EvalConfig(out=tmp_path / "out", data=TINY, k=5, rerank=False, categories=[4], answer=False)
+    cfg = EvalConfig(out=tmp_path / "out", data=TINY, rerank_k=5, rerank=False, categories=[4], answer=False)
     summary = run(cfg, mem, gen)
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["questions"]
     assert len(rows) == 5 and {r["category"] for r in rows} == {4}

@@ -172,7 +172,7 @@ def test_real_minilm_returns_the_planted_fact_first(db: str, minilm) -> None:
 
 
 def test_unknown_model_is_a_clear_error(db: str) -> None:
-    from store import ModelLoadError
+    from memory import ModelLoadError
 
     mem = Memory(db, embedder="/no/such/model-dir")
     with pytest.raises(ModelLoadError, match="cannot load sentence-transformers model '/no/such/model-dir'"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.metrics import f1, locomo_f1, multi_answer_f1, normalize, tokens
+from memory.metrics import f1, locomo_f1, multi_answer_f1, normalize, tokens
 
 
 def test_normalisation_and_stemming() -> None:

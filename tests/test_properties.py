@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from agent.locomo import parse_categories
+from agent.evaluation import parse_categories
+from agent.locomo import parse_evidence
 from memory import HashingEmbedder, Memory
-from memory.evaluation import parse_evidence
 from memory.qr.data import parse_records
 from memory.qr.heads import parse_heads
 from store import InputError, QrmemError, make_chunker, parse_obj
@@ -175,7 +175,7 @@ def test_add_session_stores_exactly_or_writes_nothing(mem: Memory, user, session
     assert result.status in ("added", "unchanged")
     stored = mem.store.turns(result.user_id, result.session_id)
     assert [t.text for t in stored] == [t["text"] for t in turns]
-    assert mem.check().ok
+    assert mem.store.check().ok
 
 
 @DB

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from memory import HashingEmbedder, Memory, QRRanker
+from memory import HashingEmbedder, Memory, ModelLoadError, QRRanker
 from qrmem.cli import app
-from store import InputError, ModelLoadError
+from store import InputError
 
 DOCS = ["Caroline went to a support group yesterday.", "Melanie painted a sunrise in 2022.",
         "The kitten is called Miso.", "Ben is training for the Lisbon marathon."]

@@ -175,7 +175,7 @@ def test_deleting_a_session_removes_everything_and_rolls_the_summary_back(db: st
     # With a summarizer, deletion re-rolls at once.
     rolling.delete_session("ann", "s1")
     assert _conversation(mem, "ann") == "secret 3"
-    assert mem.check().ok
+    assert mem.store.check().ok
     # Replacing a session takes its old content out of the conversation summary too.
     rolling.add_session("ann", [{"speaker": "ann", "text": "secret 4"}], session_id="s4")
     assert _conversation(mem, "ann") == "secret 3 | secret 4"

@@ -1,12 +1,9 @@
-"""Seed and training data for head detection and QRRanker training.
+"""Seed and training data for head detection and QRRanker training: candidate records.
 
-Two sources, one record type:
-- the QRRanker card's records, JSON list or JSONL:
-  `{"id", "question", "answer"?, "paragraphs": [{"idx", "title"?, "paragraph_text", "is_supporting"?}],
-  "summary"?, "group"?}` (`group` names the conversation/document for splits; default: the id);
-- LoCoMo: each question becomes a record whose paragraphs are qrmem's own first-stage top-K over
-  that conversation (so training sees what inference sees), gold = turns cited as evidence, title =
-  the session date, group = the conversation (sample_id).
+One record type, the QRRanker card's, read from a JSON list or JSONL:
+`{"id", "question", "answer"?, "paragraphs": [{"idx", "title"?, "paragraph_text", "is_supporting"?}],
+"summary"?, "group"?}` (`group` names the conversation/document for splits; default: the id).
+Records built from a store's first stage (LoCoMo) come from `agent.locomo.load_records`.
 """
 
 from __future__ import annotations
@@ -120,34 +117,6 @@ def read_json_or_jsonl(path: str | Path) -> Any:
     return items
 
 
-def is_locomo(data: Any) -> bool:
-    items = data if isinstance(data, list) else [data]
-    return bool(items) and isinstance(items[0], dict) and "conversation" in items[0]
-
-
-def locomo_records(data: Any, memory: Any, k: int, *, conversations: Sequence[str] | None = None,
-                   exclude_categories: Sequence[int] = (5,)) -> list[Record]:
-    """LoCoMo questions as records over `memory`'s first-stage top-k (the samples must be ingested)."""
-    from memory.evaluation import first_stage_candidates, locomo_questions
-
-    questions = locomo_questions(data, exclude_categories=exclude_categories)
-    if conversations:
-        wanted = set(conversations)
-        unknown = wanted - {q.user_id for q in questions}
-        if unknown:
-            raise InputError(f"no questions for conversations {sorted(unknown)}")
-        questions = [q for q in questions if q.user_id in wanted]
-    records = []
-    for n, c in enumerate(first_stage_candidates(memory, questions, k)):
-        gold = c.gold_mask()
-        records.append(Record(
-            id=f"{c.question.user_id}#{n}", question=c.question.question, answer=c.question.answer,
-            group=c.question.user_id,
-            paragraphs=[Paragraph(idx=i, title=d, paragraph_text=t, is_supporting=g)
-                        for i, (t, d, g) in enumerate(zip(c.texts, c.dates, gold, strict=True))]))
-    return records
-
-
 def split_by_group(records: Sequence[Record], val_groups: Sequence[str] | None = None,
                    val_fraction: float = 0.34, seed: int = 0) -> tuple[list[Record], list[Record]]:
     """Train/validation split by conversation (`group`), never by question."""
@@ -172,30 +141,19 @@ def sample(records: Sequence[Record], limit: int | None, seed: int = 0,
     return random.Random(seed).sample(pool, limit)
 
 
-def load_records(path: str | Path, *, k: int = 20, db: str | None = None,
-                 conversations: Sequence[str] | None = None, memory: Any = None) -> list[Record]:
-    """Records from a card-format file, or from a LoCoMo file through qrmem's first stage.
+def card_records(data: Any, source: str, *, groups: Sequence[str] | None = None) -> list[Record]:
+    """QRRanker-card records from parsed JSON (a list, or one record), only those of `groups` if given."""
+    records = parse_records(data if isinstance(data, list) else [data], source)
+    if groups:
+        wanted = set(groups)
+        records = [r for r in records if r.split_key in wanted]
+    return records
 
-    For LoCoMo the conversations are ingested into `memory`, else into `db`, else into a
-    temporary SQLite store (identical sessions already stored are skipped).
-    """
-    data = read_json_or_jsonl(path)
-    if not is_locomo(data):
-        items = data if isinstance(data, list) else [data]
-        records = parse_records(items, str(path))
-        if conversations:
-            records = [r for r in records if r.split_key in set(conversations)]
-        return records
-    if memory is None:
-        import tempfile
 
-        from memory import Memory
-
-        memory = Memory(db or str(Path(tempfile.mkdtemp(prefix="qrmem-")) / "seed.db"))
-    samples = data if isinstance(data, list) else [data]
-    if conversations:
-        samples = [s for s in samples if str(s.get("sample_id")) in set(conversations)]
-    from store import parse_obj
-
-    memory.add_sessions(parse_obj(samples, str(path), "locomo"), progress=True)
-    return locomo_records(samples, memory, k, conversations=conversations)
+def split_and_sample(records: Sequence[Record], val_groups: Sequence[str] | None = None, *,
+                     limit: int | None = None, val_limit: int | None = None,
+                     seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """Training and validation records: split by group (`split_by_group`), then up to `limit` /
+    `val_limit` of each with a gold candidate (`sample`)."""
+    train, val = split_by_group(records, val_groups, seed=seed)
+    return sample(train, limit, seed), sample(val, val_limit, seed)

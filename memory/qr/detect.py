@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from store.errors import InputError
+
+from ..metrics import ndcg_from_scores
 from .heads import Head
 
 METHODS = ("qr", "core")
@@ -33,22 +36,12 @@ def head_quality(per_query: Sequence[np.ndarray], gold: Sequence[Sequence[bool]]
         g = np.asarray(g, dtype=bool)
         if not g.any():
             continue
-        q = ndcg_per_head(scores, g, k) if method == "qr" else contrast_per_head(scores, g)
+        q = ndcg_from_scores(scores, g, k) if method == "qr" else contrast_per_head(scores, g)
         total = q if total is None else total + q
         n += 1
     if total is None:
         raise ValueError("no query has a gold candidate among its candidates")
     return total / n
-
-
-def ndcg_per_head(scores: np.ndarray, gold: np.ndarray, k: int = 10) -> np.ndarray:
-    """(L, H, N) scores, (N,) bool -> (L, H) nDCG@k of each head's ranking (ties: lower index first)."""
-    n = scores.shape[-1]
-    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]  # (L, H, k)
-    gains = gold[order].astype(np.float64)  # (L, H, k)
-    discounts = 1.0 / np.log2(np.arange(2, min(k, n) + 2))
-    ideal = discounts[: min(int(gold.sum()), k)].sum()
-    return (gains * discounts).sum(-1) / ideal
 
 
 def contrast_per_head(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -120,19 +113,34 @@ def detect(ranker: Any, records: Sequence[Any], *, method: str = "qr", top: int 
            seed: int = 0, progress: bool = False, meta: dict[str, Any] | None = None) -> Detection:
     """Score every head of `ranker` (load it with `all_layers=True`) on `records`; keep the best `top`."""
     if method not in METHODS:
-        from store.errors import InputError
-
         raise InputError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     per_query, gold = collect(ranker, records, progress)
     usable = sum(any(g) for g in gold)
     if usable == 0:
-        from store.errors import InputError
-
         raise InputError("no seed query has a gold candidate; check the data's supporting flags")
     quality = {m: head_quality(per_query, gold, m) for m in METHODS}
     return Detection(model=ranker.name, method=method, quality=quality,
                      heads=top_heads(quality[method], top), queries=usable,
                      stability=stability(per_query, gold, method, top, subsets, seed), meta=meta or {})
+
+
+def detect_heads(records: Sequence[Any], *, model: str | None = None, method: str = "qr", top: int = 16,
+                 limit: int | None = 64, seed: int = 0, device: str | None = None, dtype: str = "auto",
+                 trust_remote_code: bool = False, progress: bool = False,
+                 meta: dict[str, Any] | None = None) -> Detection:
+    """`qrmem heads detect`: load `model` with every layer, score every head on up to `limit` seed
+    records that have a gold candidate (seeded sample), keep the best `top` by `method`."""
+    from .data import sample
+    from .ranker import QRRanker
+
+    if method not in METHODS:  # before the model loads
+        raise InputError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    records = sample(records, limit, seed)
+    ranker = QRRanker.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                           all_layers=True)
+    meta = {**(meta or {}), "limit": limit, "sampling_seed": seed,
+            "groups": sorted({r.split_key for r in records})}
+    return detect(ranker, records, method=method, top=top, seed=seed, progress=progress, meta=meta)
 
 
 def write(det: Detection, out: str | Path) -> tuple[Path, Path]:

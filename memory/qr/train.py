@@ -14,7 +14,6 @@ A run writes a model directory that `QRRanker.load(DIR)` accepts, with checkpoin
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -22,39 +21,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from store.errors import InputError
 
+from ..metrics import ndcg_from_scores, recall_from_scores
+from .checkpoints import (
+    CHECKPOINT,
+    TrainConfig,
+    load_checkpoint,
+    lora_config,
+    save_checkpoint,
+    save_model_dir,
+)
 from .data import Record
 
 log = logging.getLogger(__name__)
-
-RANKER_FILE = "qrmem_ranker.json"
-ATTN_FILE = "attention_weights.safetensors"
-CHECKPOINT = "checkpoint"
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["lora", "attention"] = "lora"
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    layers_from: int | None = None  # lowest trained layer (default: 2 below the lowest QR layer)
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    epochs: int = 1
-    grad_accum: int = 8
-    temperature: float = 0.1
-    max_steps: int | None = None  # optimizer steps, across epochs
-    seed: int = 0
-    gradient_checkpointing: bool = False
-
 
 @dataclass
 class EpochReport:
@@ -83,28 +67,15 @@ def listwise_loss(scores: Any, gold: Any, temperature: float) -> Any:
 
 def evaluate(ranker: Any, records: Sequence[Record], k: int = 5) -> dict[str, float]:
     """Recall@k and nDCG@10 of gold candidates under the ranker's inference scoring."""
-    from memory.evaluation import ndcg_from_scores
-
     rec, nd = [], []
     for r in records:
-        gold = r.gold
-        if not any(gold):
+        if not any(r.gold):
             continue
         scores = ranker.score(r.question, r.texts, contexts=r.titles, summary=r.summary)
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        rec.append(sum(gold[i] for i in order[:k]) / sum(gold))
-        nd.append(ndcg_from_scores(scores, gold, 10))
+        rec.append(recall_from_scores(scores, r.gold, k))
+        nd.append(ndcg_from_scores(scores, r.gold, 10))
     return {f"recall@{k}": float(np.mean(rec)) if rec else float("nan"),
             "ndcg@10": float(np.mean(nd)) if nd else float("nan"), "queries": float(len(rec))}
-
-
-def _lora_config(cfg: TrainConfig, layers: Sequence[int]) -> Any:
-    """LoRA on `cfg.target_modules` of the given decoder layers only (a regex over module names)."""
-    from peft import LoraConfig
-
-    pattern = (rf"(.*\.)?layers\.({'|'.join(map(str, layers))})\.self_attn\."
-               rf"({'|'.join(cfg.target_modules)})")
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=pattern, lora_dropout=0.0)
 
 
 def _trainable(ranker: Any, cfg: TrainConfig) -> list[Any]:
@@ -119,7 +90,7 @@ def _trainable(ranker: Any, cfg: TrainConfig) -> list[Any]:
     if cfg.method == "lora":
         from peft import inject_adapter_in_model
 
-        inject_adapter_in_model(_lora_config(cfg, layers), ranker.model)
+        inject_adapter_in_model(lora_config(cfg, layers), ranker.model)
         params = [p for n, p in ranker.model.named_parameters() if "lora_" in n]
         for p in params:
             p.requires_grad_(True)
@@ -136,105 +107,6 @@ def _trainable(ranker: Any, cfg: TrainConfig) -> list[Any]:
         raise InputError(f"nothing to train: no {cfg.target_modules} in layers {layers}")
     ranker.trained_layers = layers
     return params
-
-
-def _state_tensors(ranker: Any, cfg: TrainConfig) -> dict[str, Any]:
-    """The trained tensors, by parameter name (LoRA weights or attention projection weights)."""
-    names = [n for n, p in ranker.model.named_parameters() if p.requires_grad]
-    params = dict(ranker.model.named_parameters())
-    return {n: params[n].detach().cpu().contiguous() for n in names}
-
-
-def save_model_dir(ranker: Any, cfg: TrainConfig, out: Path, base: str | None,
-                   metrics: dict[str, Any]) -> None:
-    """A directory `QRRanker.load(out)` accepts: the trained tensors + a manifest + the heads."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(_state_tensors(ranker, cfg), str(out / ATTN_FILE), metadata={"format": "pt"})
-    manifest = {"format": "qrmem.qr-ranker.v1", "base": base, "heads": [str(h) for h in ranker.heads],
-                "scoring": {"calibrate": ranker.config.calibrate, "mask_outliers": ranker.config.mask_outliers},
-                "n_layers": len(ranker.model.layers), "train": cfg.model_dump(),
-                "trained_layers": getattr(ranker, "trained_layers", []), "metrics": metrics}
-    (out / RANKER_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-
-
-def apply_trained(model: Any, directory: Path, manifest: dict[str, Any]) -> None:
-    """Load trained tensors saved by `save_model_dir` into a freshly loaded base (merging LoRA)."""
-    import torch
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(directory / ATTN_FILE))
-    cfg = TrainConfig.model_validate(manifest["train"])
-    if cfg.method == "lora":
-        from peft import inject_adapter_in_model
-
-        inject_adapter_in_model(_lora_config(cfg, manifest["trained_layers"]), model)
-    params = dict(model.named_parameters())
-    missing = [n for n in tensors if n not in params]
-    if missing:
-        raise InputError(f"{directory}: trained tensors do not fit the base model: {missing[:3]}")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value.to(params[name].dtype))
-    if cfg.method == "lora":
-        _merge_lora(model)
-
-
-def _merge_lora(model: Any) -> None:
-    """Fold LoRA adapters into the base weights and restore plain Linear modules."""
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, child, module.get_base_layer())
-
-
-def _save_checkpoint(ranker: Any, cfg: TrainConfig, opt: Any, out: Path, state: dict[str, Any]) -> None:
-    """Trainable tensors, AdamW moments and loop state; safetensors + JSON, no pickle."""
-    from safetensors.torch import save_file
-
-    ck = out / CHECKPOINT
-    tmp = out / (CHECKPOINT + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(_state_tensors(ranker, cfg), str(tmp / "params.safetensors"))
-    names = {id(p): n for n, p in ranker.model.named_parameters() if p.requires_grad}
-    moments, steps = {}, {}
-    for p, st in opt.state.items():
-        n = names[id(p)]
-        moments[f"{n}::exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
-        moments[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
-        steps[n] = float(st["step"])
-    if moments:
-        save_file(moments, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "adam_steps": steps}))
-    if ck.exists():
-        import shutil
-
-        shutil.rmtree(ck)
-    tmp.rename(ck)
-
-
-def _load_checkpoint(ranker: Any, opt: Any, out: Path) -> dict[str, Any]:
-    import torch
-    from safetensors.torch import load_file
-
-    ck = out / CHECKPOINT
-    state = json.loads((ck / "state.json").read_text())
-    params = dict(ranker.model.named_parameters())
-    with torch.no_grad():
-        for n, v in load_file(str(ck / "params.safetensors")).items():
-            params[n].copy_(v)
-    if (ck / "optimizer.safetensors").exists():
-        moments = load_file(str(ck / "optimizer.safetensors"))
-        for n, step in state["adam_steps"].items():
-            p = params[n]
-            opt.state[p] = {"step": torch.tensor(step), "exp_avg": moments[f"{n}::exp_avg"].to(p.device),
-                            "exp_avg_sq": moments[f"{n}::exp_avg_sq"].to(p.device)}
-    return state
 
 
 def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Record], out: str | Path,
@@ -263,7 +135,7 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "position": 0, "step": 0, "history": []}
     if resume and (out / CHECKPOINT / "state.json").exists():
-        state = _load_checkpoint(ranker, opt, out)
+        state = load_checkpoint(ranker, opt, out)
         log.info("resumed at epoch %d, query %d, step %d", state["epoch"], state["position"], state["step"])
     layers = ranker.layers
     heads = [(layers.index(h.layer), h.head) for h in ranker.heads]
@@ -282,7 +154,7 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
                    unit="query", disable=not progress)
         for pos in range(state["position"], len(order)):
             rec = usable[order[pos]]
-            layout = ranker._layout(rec.question, rec.texts, rec.titles, rec.summary)
+            layout = ranker.layout(rec.question, rec.texts, rec.titles, rec.summary)
             if len(layout) > ranker.max_tokens:
                 raise InputError(f"record {rec.id} needs {len(layout)} tokens; training prompts must "
                                  f"fit one window of {ranker.max_tokens}")
@@ -300,7 +172,7 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 state["step"] += 1
-                _save_checkpoint(ranker, cfg, opt, out, state)
+                save_checkpoint(ranker, cfg, opt, out, state)
                 if state["step"] >= total_steps:
                     break
         bar.close()
@@ -313,7 +185,7 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
         state["history"].append(ep.__dict__)
         if finished:  # else stopped at max_steps mid-epoch: resume from this position
             state.update(epoch=epoch + 1, position=0)
-        _save_checkpoint(ranker, cfg, opt, out, state)
+        save_checkpoint(ranker, cfg, opt, out, state)
         log.info("epoch %d: loss %.4f, validation %s", ep.epoch, ep.train_loss, val)
         if state["step"] >= total_steps:
             break
@@ -322,3 +194,15 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
         "baseline": report.baseline, "epochs": [e.__dict__ for e in report.epochs],
         "train_queries": len(usable), "val_queries": len(val_records), "seconds": report.seconds})
     return report
+
+
+def train_heads(train_records: Sequence[Record], val_records: Sequence[Record], out: str | Path,
+                cfg: TrainConfig, *, model: str | None = None, heads: Any = None, resume: bool = False,
+                device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                progress: bool = False) -> TrainReport:
+    """`qrmem train`: load `model` (None: the embedded SmolLM2) with `heads`, train, write `out/`."""
+    from .ranker import QRRanker
+
+    ranker = QRRanker.load(model, heads=heads, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    base = str(Path(model).resolve()) if model and Path(model).exists() else model
+    return train(ranker, train_records, val_records, out, cfg, base=base, resume=resume, progress=progress)

@@ -1,0 +1,248 @@
+"""The LoCoMo evaluation harness: ingest each conversation session by session (summaries rolling),
+then answer every question from memory only, and score retrieval and answers.
+
+Writes `OUT/results.json` (per-question rows + summary; resumable: answered questions are skipped
+on a re-run), `OUT/report.md` and `OUT/chart.png`. Metrics come from `memory.metrics`; the LoCoMo
+data (questions, evidence) from `agent.locomo`. The library takes a data path; only the demo script
+chooses a default one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memory import DEFAULT_RERANK_K, Generator, Memory, Reranker, Summarizer
+from memory.metrics import locomo_f1, ndcg_at_k, recall_at_k
+from store import load_file
+from store.errors import InputError
+
+from .agent import memory_block
+from .locomo import CATEGORIES, TINY, download, parse_evidence
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+QA_PROMPT = ("Use the memories to answer the question in a short phrase (a name, date or a few "
+             "words). If the memories do not say, answer 'not mentioned'.\n\nMemories:\n{memories}"
+             "\n\nQuestion: {question}\nShort answer:")
+
+
+@dataclass
+class EvalConfig:
+    out: Path
+    data: Path | None = None
+    conversations: list[str] | None = None
+    limit: int | None = None  # questions in all
+    rerank_k: int = DEFAULT_RERANK_K  # first-stage candidates (reranked)
+    top_n: int = 3  # chunks given to the generator
+    rerank: bool = True
+    summaries: bool = False  # roll summaries during ingest and give them to the reranker
+    categories: list[int] | None = None  # only these question categories (None: all)
+    answer: bool = True  # False: retrieval only (no generator call, F1 not measured)
+    max_new_tokens: int = 32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_categories(text: str | None) -> list[int] | None:
+    """'1,2,3,4' -> [1, 2, 3, 4]; None or '' -> None (all categories)."""
+    if text is None or text == "":
+        return None
+    cats: list[int] = []
+    if isinstance(text, str):
+        try:
+            cats = sorted({int(c) for c in text.split(",") if c.strip()})
+        except ValueError:
+            cats = []
+    if not cats or any(c not in CATEGORIES for c in cats):
+        raise InputError(f"--categories takes numbers 1-5 separated by commas, got {text!r}")
+    return cats
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool = False) -> dict[str, Any]:
+    data_path = cfg.data
+    raw = json.loads(Path(data_path).read_text())
+    samples = raw if isinstance(raw, list) else [raw]
+    if cfg.conversations:
+        missing = set(cfg.conversations) - {str(s.get("sample_id")) for s in samples}
+        if missing:
+            raise InputError(f"{data_path}: no conversations {sorted(missing)}")
+        samples = [s for s in samples if str(s.get("sample_id")) in set(cfg.conversations)]
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    # Ingest session by session in time order; summaries roll as each session arrives.
+    sessions = sorted(load_file(data_path), key=lambda s: (s.user_id, s.position or 0))
+    wanted = {str(s["sample_id"]) for s in samples}
+    ingest = memory.add_sessions([s for s in sessions if s.user_id in wanted], progress=progress)
+    if cfg.summaries and memory.summarizer is not None:  # a resumed run finishes pending summaries
+        t0 = time.perf_counter()
+        for user in sorted(wanted):
+            memory.summarize(user)
+        ingest.summary_seconds += time.perf_counter() - t0
+    questions = [(str(s["sample_id"]), i, qa) for s in samples for i, qa in enumerate(s.get("qa", []))
+                 if cfg.categories is None or int(qa.get("category", 0)) in cfg.categories]
+    if cfg.limit is not None:
+        questions = questions[: cfg.limit]
+    results_path = cfg.out / "results.json"
+    done: dict[str, dict[str, Any]] = {}
+    if results_path.exists():
+        done = {r["id"]: r for r in json.loads(results_path.read_text()).get("questions", [])}
+    from tqdm.auto import tqdm
+
+    rows = []
+    for user, i, qa in tqdm(questions, desc="questions", unit="q", disable=not progress):
+        qid = f"{user}#{i}"
+        if qid in done:
+            rows.append(done[qid])
+            continue
+        rows.append(answer_one(cfg, memory, generator, user, qid, qa))
+        _atomic_write(results_path, json.dumps({"questions": rows, "summary": None}, indent=1))
+    summary = summarize(rows, cfg, ingest_seconds=ingest.embed_seconds + ingest.write_seconds
+                        + ingest.summary_seconds, wall=time.perf_counter() - t_start)
+    _atomic_write(results_path, json.dumps({"questions": rows, "summary": summary}, indent=1))
+    (cfg.out / "report.md").write_text(report(summary))
+    chart(summary, cfg.out / "chart.png")
+    return summary
+
+
+def answer_one(cfg: EvalConfig, memory: Memory, generator: Generator, user: str, qid: str,
+               qa: dict[str, Any]) -> dict[str, Any]:
+    question, category = str(qa["question"]), int(qa.get("category", 0))
+    gold = qa.get("answer", qa.get("adversarial_answer"))
+    t0 = time.perf_counter()
+    first = memory.search(user, question, k=cfg.rerank_k)
+    t1 = time.perf_counter()
+    ranked = (memory.search(user, question, k=cfg.rerank_k, rerank=True, rerank_k=cfg.rerank_k)
+              if cfg.rerank else first)
+    t2 = time.perf_counter()
+    top = ranked[: cfg.top_n]
+    memories = memory_block(top)
+    prediction = generator.complete([{"role": "user", "content": QA_PROMPT.format(
+        memories=memories, question=question)}], max_new_tokens=cfg.max_new_tokens) if cfg.answer else None
+    t3 = time.perf_counter()
+    evidence = parse_evidence(qa.get("evidence", []))
+    return {
+        "id": qid, "conversation": user, "question": question, "answer": gold, "category": category,
+        "evidence": evidence, "prediction": prediction,
+        "f1": locomo_f1(prediction, gold, category) if prediction is not None else None,
+        "retrieved": [t for h in ranked for t in h.turn_ids],
+        "retrieved_scores": [round(h.score, 5) for h in ranked],
+        "first_stage": [t for h in first for t in h.turn_ids],
+        "context_tokens": len(_TOKEN.findall(memories)),
+        "seconds": {"first_stage": t1 - t0, "rerank": t2 - t1 if cfg.rerank else 0.0, "generate": t3 - t2},
+    }
+
+
+def summarize(rows: list[dict[str, Any]], cfg: EvalConfig, *, ingest_seconds: float, wall: float) -> dict[str, Any]:
+    by_cat: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["f1"] is not None:
+            by_cat[r["category"]].append(r["f1"])
+    main = [r for r in rows if r["category"] != 5]
+    with_ev = [r for r in main if r["evidence"]]
+
+    def recall(key: str, k: int) -> float | None:
+        vals = [recall_at_k([[t] for t in r[key]], r["evidence"], k) for r in with_ev]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    def mean(values: list[float]) -> float | None:
+        return round(float(np.mean(values)), 4) if values else None
+
+    return {
+        "questions": len(rows), "scored_questions": len(main),
+        "f1": {"overall": mean([r["f1"] for r in main if r["f1"] is not None]),
+               **{CATEGORIES.get(c, str(c)): mean(v) for c, v in sorted(by_cat.items())}},
+        "recall@5": {"first_stage": recall("first_stage", 5), "reranked": recall("retrieved", 5)},
+        "ndcg@10": {"first_stage": mean([ndcg_at_k([[t] for t in r["first_stage"]], r["evidence"]) for r in with_ev]),
+                    "reranked": mean([ndcg_at_k([[t] for t in r["retrieved"]], r["evidence"]) for r in with_ev])},
+        "context_tokens": mean([r["context_tokens"] for r in rows]),
+        "seconds_per_question": {s: mean([r["seconds"][s] for r in rows]) for s in ("first_stage", "rerank", "generate")},
+        "ingest_seconds": round(ingest_seconds, 2), "wall_seconds": round(wall, 2),
+        "config": {"rerank_k": cfg.rerank_k, "top_n": cfg.top_n, "rerank": cfg.rerank, "summaries": cfg.summaries,
+                   "categories": cfg.categories, "answer": cfg.answer,
+                   "data": str(cfg.data), "conversations": cfg.conversations, "limit": cfg.limit, **cfg.extra},
+        "f1_definition": "LoCoMo token F1: normalised, articles/punctuation dropped, Porter-stemmed; "
+                         "multi-hop averaged over comma-separated gold parts; open-domain gold before ';'; "
+                         "adversarial = 1 for an abstention. Overall excludes category 5.",
+    }
+
+
+def report(summary: dict[str, Any]) -> str:
+    f1, rec, nd = summary["f1"], summary["recall@5"], summary["ndcg@10"]
+    lines = ["# qrmem LoCoMo evaluation", "",
+             f"{summary['questions']} questions ({summary['scored_questions']} scored, category 5 separate); "
+             f"config: `{json.dumps(summary['config'])}`", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| F1 {name} | {value if value is not None else '-'} |" for name, value in f1.items()]
+    lines += [f"| Recall@5 first stage | {rec['first_stage']} |", f"| Recall@5 reranked | {rec['reranked']} |",
+              f"| nDCG@10 first stage | {nd['first_stage']} |", f"| nDCG@10 reranked | {nd['reranked']} |",
+              f"| context tokens / question | {summary['context_tokens']} |"]
+    lines += [f"| seconds / question, {k} | {v} |" for k, v in summary["seconds_per_question"].items()]
+    lines += [f"| ingest seconds | {summary['ingest_seconds']} |", f"| wall seconds | {summary['wall_seconds']} |",
+              "", summary["f1_definition"], ""]
+    return "\n".join(lines)
+
+
+def chart(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    rec = summary["recall@5"]
+    a.bar(["first stage", "reranked"], [rec["first_stage"] or 0, rec["reranked"] or 0], color=["#999", "#2a7"])
+    a.set_title("Recall@5 of evidence")
+    a.set_ylim(0, 1)
+    cats = [c for c in ("multi-hop", "temporal", "open-domain", "single-hop", "adversarial") if c in summary["f1"]]
+    b.bar(cats, [summary["f1"][c] or 0 for c in cats], color="#37b")
+    b.set_title(f"F1 by category (overall {summary['f1']['overall']})")
+    b.set_ylim(0, 1)
+    b.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_and_run(*, out: str | Path, data: str | Path | None = None, conversations: list[str] | None = None,
+                  limit: int | None = None, rerank_k: int = DEFAULT_RERANK_K, top_n: int = 3,
+                  reranker: str = "qr",
+                  generator: str = "transformers", base_url: str | None = None,
+                  api_key_env: str = "OPENAI_API_KEY", summaries: bool = False, download_public: bool = False,
+                  categories: list[int] | None = None, answer: bool = True,
+                  db: str | None = None, embedder: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Everything `qrmem eval locomo` and `demos/locomo_demo.py` do, from plain options. Without
+    `data`: the public file with `download_public`, else the tiny conversation shipped with qrmem."""
+    from memory import load_generator, load_reranker
+
+    out = Path(out)
+    if data is None and download_public:
+        data = download(out / "locomo10.json")
+    if data is None:
+        data = TINY  # the tiny conversation shipped with qrmem; pass a path for real data
+    if not Path(data).is_file():
+        raise InputError(f"{data}: file not found (pass --data PATH to a locomo10.json-style file)")
+    gen = load_generator(generator, base_url=base_url, api_key_env=api_key_env)
+    rerank = reranker != "none"
+    ranker: Reranker | None = load_reranker(reranker) if rerank else None
+    out.mkdir(parents=True, exist_ok=True)
+    memory = Memory(db or str(out / "memory.db"), embedder=embedder, reranker=ranker,
+                    summarizer=Summarizer(gen) if summaries else None,
+                    rerank_context="summary" if summaries else "date")
+    cfg = EvalConfig(out=out, data=Path(data), conversations=conversations, limit=limit, rerank_k=rerank_k,
+                     top_n=top_n,
+                     rerank=rerank, summaries=summaries, categories=categories, answer=answer,
+                     extra={"generator": gen.name, "reranker": reranker})
+    return run(cfg, memory, gen, progress=progress)

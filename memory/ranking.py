@@ -1,0 +1,70 @@
+"""The reranker interface and its typed results: one required method, `score`; `rank` (sorted,
+typed results) is built on it. Imports no backend, so every reranker (memory/qr too) builds on it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from store.errors import InputError
+
+
+@dataclass(frozen=True)
+class RankedResult:
+    index: int  # position of the candidate in the input list
+    score: float
+    rank: int  # 1-based
+    text: str
+
+
+@dataclass(frozen=True)
+class RankedResults:
+    """Candidates ordered best first."""
+
+    query: str
+    results: tuple[RankedResult, ...]
+
+    def top_k(self, k: int) -> list[RankedResult]:
+        return list(self.results[:k])
+
+    def __iter__(self) -> Iterator[RankedResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> RankedResult:
+        return self.results[i]
+
+
+class Reranker(ABC):
+    """Scores candidates for a query, all together (listwise) or one by one."""
+
+    @abstractmethod
+    def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
+              summary: str | None = None) -> list[float]:
+        """One score per doc, higher is better. `contexts` (one per doc, e.g. its session date or
+        summary) and `summary` (the conversation summary) are optional memory context."""
+
+    def rank(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
+             summary: str | None = None) -> RankedResults:
+        """Docs sorted by score, best first (ties keep input order)."""
+        validate(query, docs, contexts)
+        scores = self.score(query, docs, contexts=contexts, summary=summary)
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
+        return RankedResults(query, tuple(
+            RankedResult(index=i, score=float(scores[i]), rank=r, text=docs[i])
+            for r, i in enumerate(order, start=1)))
+
+
+def validate(query: str, docs: Sequence[str], contexts: Sequence[str | None] | None) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise InputError("query must be a non-empty string")
+    if isinstance(docs, str) or not docs:
+        raise InputError("rank needs a non-empty list of candidate texts")
+    for i, d in enumerate(docs):
+        if not isinstance(d, str) or not d.strip():
+            raise InputError(f"candidate {i} must be a non-empty string")
+    if contexts is not None and len(contexts) != len(docs):
+        raise InputError(f"got {len(contexts)} contexts for {len(docs)} candidates")
