@@ -24,7 +24,7 @@ from .ranking import RankedResult, RankedResults, Reranker
 from .rerankers import RERANKERS, load_reranker
 from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, index_text
 from .summaries import Summarizer
-from .types import IngestReport, SearchHit
+from .types import IngestReport, ReindexReport, SearchHit
 
 __all__ = [
     "DEFAULT_RERANK_K",
@@ -45,6 +45,7 @@ __all__ = [
     "QRRanker",
     "RankedResult",
     "RankedResults",
+    "ReindexReport",
     "Reranker",
     "SearchHit",
     "SentenceTransformerEmbedder",

@@ -138,3 +138,16 @@ def load_embedder(spec: str | None = None) -> Embedder:
     if spec is None or spec == DEFAULT_EMBEDDER_NAME:
         return SentenceTransformerEmbedder()
     return EMBEDDERS.create(spec)
+
+
+def load_stored_embedder(spec: str) -> Embedder:
+    """The embedder a store names (data read from the database, not the user's choice): only the
+    embedded default and registered backends load this way, never a hub name or a path, so opening a
+    store fetches and runs nothing the user did not ask for."""
+    if spec == DEFAULT_EMBEDDER_NAME:
+        return SentenceTransformerEmbedder()
+    name = spec.partition(":")[0]
+    if name in EMBEDDERS and name != "sentence-transformers":
+        return EMBEDDERS.create(spec)
+    raise InputError(f"this store was built with the embedder {spec!r}, which is not an offline or "
+                     f"registered model; to load it, name it yourself: --embedder {spec} (embedder={spec!r})")

@@ -33,12 +33,12 @@ from store import (
     parse_obj,
 )
 
-from .embedders import Embedder, load_embedder
+from .embedders import Embedder, load_embedder, load_stored_embedder
 from .ranking import Reranker
 from .rerankers import load_reranker
 from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, Retriever, index_text
 from .summaries import Summarizer, catch_up
-from .types import IngestReport, SearchHit
+from .types import IngestReport, ReindexReport, SearchHit
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,14 @@ class Memory:
 
     @property
     def embedder(self) -> Embedder:
-        """The embedder, created on first use (the model itself loads on first embedding)."""
+        """The embedder, created on first use (the model itself loads on first embedding): the one
+        given, else the store's own (`Store.default_embedder`), else the offline MiniLM."""
         if self._embedder is None:
-            spec = self._embedder_spec if isinstance(self._embedder_spec, str) else None
-            if spec is None:
-                # Keep using the model the store was built with, when there is exactly one.
-                stored = list(self.store.embedding_models())
-                spec = stored[0] if len(stored) == 1 else None
-            self._embedder = load_embedder(spec)
+            if isinstance(self._embedder_spec, str):
+                self._embedder = load_embedder(self._embedder_spec)
+            else:
+                stored = self.store.default_embedder()
+                self._embedder = load_embedder(None) if stored is None else load_stored_embedder(stored)
         return self._embedder
 
     @property
@@ -135,6 +135,7 @@ class Memory:
             raise SessionConflictError(
                 f"{len(conflicts)} session(s) already stored with different content ({names}); "
                 "nothing was written; pass --replace (replace=True) to overwrite them")
+        self._check_embedder()
         report = IngestReport()
         todo = []
         for s, st in zip(sessions, statuses, strict=True):
@@ -169,6 +170,39 @@ class Memory:
                     self._summarize_safely(s.user_id, s.session_id)
                 report.summary_seconds += time.perf_counter() - t0
         bar.close()
+        return report
+
+    def _check_embedder(self) -> None:
+        """Refuse, before embedding anything, to write vectors of another model than the store's."""
+        stored = self.store.default_embedder()
+        if stored is not None and stored != self.embedder.name:
+            raise InputError(
+                f"this store keeps vectors from the embedder {stored!r}, not {self.embedder.name!r}: nothing "
+                f"was written; ingest with --embedder {stored} (embedder={stored!r}), or switch the store "
+                f"first with `qrmem reindex --embedder {self.embedder.name} --set-default`")
+
+    def reindex(self, user_id: str | None = None, *, set_default: bool = False) -> ReindexReport:
+        """Store a vector from this Memory's embedder for every chunk (of `user_id`, or of every user)
+        that has none; with `set_default`, make it the store's embedder afterwards (every chunk of
+        every user must then have one). The only way besides ingest that writes vectors."""
+        name = self.embedder.name
+        users = [user_id] if user_id is not None else [u.user_id for u in self.store.users()]
+        report = ReindexReport(model=name)
+        t0 = time.perf_counter()
+        for user in users:
+            _, chunks = self.store.chunks_at_revision(user)
+            have = self.store.embeddings(user, name)
+            missing = [c for c in chunks if c.chunk_id not in have]
+            for group in range(0, len(missing), EMBED_GROUP):
+                part = missing[group:group + EMBED_GROUP]
+                vecs = self.embedder.embed([index_text(c) for c in part])
+                report.embedded += self.store.put_embeddings(name, [c.chunk_id for c in part], vecs)
+            report.users += 1
+            self.retriever.forget(user)
+        if set_default:
+            self.store.set_default_embedder(name)
+            report.default = name
+        report.seconds = time.perf_counter() - t0
         return report
 
     def _summarize_safely(self, user_id: str, session_id: str) -> None:
@@ -240,7 +274,7 @@ class Memory:
 
     def info(self) -> dict[str, Any]:
         return {"db": self.store.safe_url, **self.store.counts().as_dict(),
-                "embedding_models": self.store.embedding_models()}
+                "embedder": self.store.default_embedder(), "embedding_models": self.store.embedding_models()}
 
     # -- search -----------------------------------------------------------------------------------
 

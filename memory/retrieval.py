@@ -92,14 +92,22 @@ class Retriever:
         return dense_scores(index.matrix, q)
 
     def _load_matrix(self, index: UserIndex, embedder: Embedder) -> np.ndarray:
+        """The user's vectors from `embedder`, read from the store (searching never writes). Chunks
+        without one: embedded in this process when `embedder` is the store's own (a store written
+        before its embedder was recorded, say), refused for any other embedder."""
         user_id = index.chunks[0].user_id
         stored = self.store.embeddings(user_id, embedder.name)
         missing = [c for c in index.chunks if c.chunk_id not in stored]
         if missing:
-            # Chunks stored under another embedder: embed them once and keep the vectors.
-            log.info("embedding %d chunks of %s that have no %s vectors", len(missing), user_id, embedder.name)
+            own = self.store.default_embedder()
+            if embedder.name != own:
+                raise InputError(
+                    f"{len(missing)} of the {len(index.chunks)} chunks of user {user_id!r} have no vector "
+                    f"from the embedder {embedder.name!r} (this store keeps {own!r}); search without "
+                    f"--embedder, or store them first with `qrmem reindex --embedder {embedder.name}`")
+            log.warning("%d chunks of %s have no %s vector; embedding them for this process only "
+                        "(`qrmem reindex` stores them)", len(missing), user_id, embedder.name)
             vecs = embedder.embed([index_text(c) for c in missing])
-            self.store.put_embeddings(embedder.name, [c.chunk_id for c in missing], vecs)
             stored.update({c.chunk_id: v for c, v in zip(missing, vecs, strict=True)})
         return np.stack([stored[c.chunk_id] for c in index.chunks]).astype(np.float32, copy=False)
 

@@ -46,3 +46,14 @@ class IngestReport:
     @property
     def chunks(self) -> int:
         return sum(r.chunks for r in self.results)
+
+
+@dataclass
+class ReindexReport:
+    """What `Memory.reindex` (`qrmem reindex`) did."""
+
+    model: str
+    users: int = 0
+    embedded: int = 0  # vectors stored now
+    default: str | None = None  # the store's embedder, when it was set now
+    seconds: float = 0.0

@@ -529,6 +529,23 @@ def import_(
 
 @app.command()
 @handle_errors
+def reindex(
+    db: DbOpt = None,
+    embedder: EmbedderOpt = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="only this user [default: every user]")] = None,
+    set_default: Annotated[bool, typer.Option(
+        "--set-default", help="then make this embedder the store's own (searches and ingests use it)")] = False,
+) -> None:
+    """Store vectors from an embedder for every chunk that has none (searching never writes them).
+    With --set-default the store switches to that embedder."""
+    report = open_memory(db, embedder).reindex(user, set_default=set_default)
+    typer.echo(f"embedded {report.embedded} chunks of {report.users} users with {report.model} "
+               f"in {report.seconds:.1f}s" + (f"; the store's embedder is now {report.default}"
+                                              if report.default else ""))
+
+
+@app.command()
+@handle_errors
 def check(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Integrity check: database checks, orphans, half-written sessions, embeddings vs chunks.
     Exits 1 when anything is damaged."""
@@ -560,6 +577,7 @@ def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
         _print_json(counts)
         return
     typer.echo(f"db: {data['db']}")
+    typer.echo(f"embedder: {data['embedder'] or '(none yet)'}")
     for key, value in counts.items():
         typer.echo(f"{key}: {value}")
     for model, n in data["embedding_models"].items():

@@ -64,7 +64,7 @@ def find_problems(conn: Connection) -> tuple[list[str], list[str], list[str]]:
     bare = int(conn.scalar(select(func.count()).select_from(c).where(
         ~select(e.c.chunk_id).where(e.c.chunk_id == c.c.id).exists())) or 0)
     if bare:
-        warnings.append(f"{bare} chunks have no vector yet (the next search embeds them)")
+        warnings.append(f"{bare} chunks have no vector yet (`qrmem reindex` stores them)")
     for model, n, dims in conn.execute(select(e.c.model, func.count(), func.count(e.c.dim.distinct()))
                                        .group_by(e.c.model)):
         if n < n_chunks:

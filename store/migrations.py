@@ -27,10 +27,18 @@ def migration(fn: Migration) -> Migration:
     return fn
 
 
+# The tables m001_initial creates, frozen: tables added later have their own migrations.
+INITIAL_TABLES = ("users", "sessions", "turns", "chunks", "chunk_turns", "embeddings", "summaries")
+
+
 @migration
 def m001_initial(conn: Connection) -> None:
-    tables = [t for t in schema.metadata.sorted_tables if t.name != "schema_migrations"]
-    schema.metadata.create_all(conn, tables=tables)
+    schema.metadata.create_all(conn, tables=[schema.metadata.tables[name] for name in INITIAL_TABLES])
+
+
+@migration
+def m002_settings(conn: Connection) -> None:
+    schema.settings.create(conn)
 
 
 MIGRATION_LOCK = 7_246_311  # PostgreSQL advisory lock key held while migrating

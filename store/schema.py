@@ -108,3 +108,13 @@ summaries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_summaries_scope", "user_id", "kind", "session_id", "version"),
 )
+
+# Store-wide settings, each recorded explicitly and changed only on request (e.g. the embedder whose
+# vectors the store keeps: `embedder`).
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

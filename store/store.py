@@ -50,6 +50,7 @@ from .types import (
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "qrmem.v1"
+EMBEDDER_SETTING = "embedder"  # the embedding model whose vectors the store keeps for every chunk
 WRITE_ATTEMPTS = 5  # a write transaction is retried on lock timeouts, deadlocks and insert races
 T = TypeVar("T")
 # PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock, lock not available.
@@ -188,6 +189,8 @@ class Store:
         digest = session.content_hash()
 
         def write(conn: Connection) -> AddResult:
+            if embedding_model is not None:
+                self._claim_embedder(conn, embedding_model)
             user_pk = self._user_pk(conn, session.user_id, lock=True)
             if user_pk is None:
                 user_pk = conn.execute(t.users.insert().values(
@@ -450,6 +453,55 @@ class Store:
             stored += self._write_txn(lambda conn, ids=ids, vecs=vecs: write(conn, ids, vecs),
                                       retry_integrity=True)
         return stored
+
+    # -- settings ---------------------------------------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        with self._read() as conn:
+            return conn.scalar(select(t.settings.c.value).where(t.settings.c.key == key))
+
+    def default_embedder(self) -> str | None:
+        """The embedder whose vectors this store keeps: the one recorded with the first write (or
+        by `set_default_embedder`); a store written before that was recorded answers with its only
+        embedding model. None for a store with no vectors yet."""
+        recorded = self.setting(EMBEDDER_SETTING)
+        if recorded is not None:
+            return recorded
+        models = list(self.embedding_models())
+        return models[0] if len(models) == 1 else None
+
+    def set_default_embedder(self, model: str) -> None:
+        """Make `model` the store's embedder; every chunk must already have a vector from it."""
+        check_key(model, "embedding model")
+
+        def write(conn: Connection) -> None:
+            bare = conn.scalar(select(func.count()).select_from(t.chunks).where(~select(t.embeddings.c.chunk_id).where(
+                t.embeddings.c.chunk_id == t.chunks.c.id, t.embeddings.c.model == model).exists()))
+            if bare:
+                raise InputError(f"{bare} chunks have no vector from {model!r}; run `qrmem reindex "
+                                 f"--embedder {model}` first")
+            self._put_setting(conn, EMBEDDER_SETTING, model)
+
+        self._write_txn(write, retry_integrity=True)
+
+    def _claim_embedder(self, conn: Connection, model: str) -> None:
+        """Inside a write: record `model` as the store's embedder if none is recorded yet (a store
+        written before the record existed keeps its only model), else insist on the recorded one."""
+        recorded = conn.scalar(select(t.settings.c.value).where(t.settings.c.key == EMBEDDER_SETTING))
+        if recorded is None:
+            models = list(conn.scalars(select(t.embeddings.c.model).distinct().limit(2)))
+            recorded = models[0] if len(models) == 1 else model
+            self._put_setting(conn, EMBEDDER_SETTING, recorded)
+        if recorded != model:
+            raise InputError(
+                f"this store keeps vectors from the embedder {recorded!r}, not {model!r}: nothing was "
+                f"written; ingest with --embedder {recorded} (embedder={recorded!r}), or switch the store "
+                f"first with `qrmem reindex --embedder {model} --set-default`")
+
+    @staticmethod
+    def _put_setting(conn: Connection, key: str, value: str) -> None:
+        conn.execute(delete(t.settings).where(t.settings.c.key == key))
+        conn.execute(t.settings.insert().values(key=key, value=value, updated_at=_now()))
 
     def embedding_models(self) -> dict[str, int]:
         """Embedding model name -> number of stored vectors."""

@@ -12,7 +12,7 @@ import pytest
 
 from memory import HashingEmbedder, Memory, index_text, load_embedder, rrf, top_k
 from memory.embedders import SentenceTransformerEmbedder
-from store import InputError, SessionConflictError, Store
+from store import ChunkIn, InputError, SessionConflictError, SessionIn, Store
 
 TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 
@@ -140,16 +140,62 @@ def test_search_never_reembeds_stored_chunks(db: str) -> None:
     assert emb.calls == [1, 1, 1]  # only the query is embedded
 
 
-def test_switching_embedder_backfills_vectors_once(db: str) -> None:
+def test_searching_with_another_embedder_writes_nothing_until_reindex(db: str) -> None:
     Memory(db, embedder=HashingEmbedder(32)).ingest_file(TINY_LOCOMO)
-    mem = Memory(db, embedder=HashingEmbedder(16))
-    mem.search("tiny-1", "kitten", mode="dense")
-    assert mem.store.embedding_models() == {"hashing:32": 20, "hashing:16": 12}
+    before = Store(db).counts()
+    other = Memory(db, embedder=HashingEmbedder(16))
+    with pytest.raises(InputError, match=r"12 of the 12 chunks of user 'tiny-1' have no vector from the "
+                                         r"embedder 'hashing:16' \(this store keeps 'hashing:32'\).*qrmem reindex"):
+        other.search("tiny-1", "kitten", mode="dense")
+    assert Store(db).counts() == before and Store(db).embedding_models() == {"hashing:32": 20}
+    assert other.search("tiny-1", "kitten", mode="bm25")  # BM25 needs no vectors
+    assert Memory(db).embedder.name == "hashing:32"  # the store's embedder did not change
+    report = other.reindex("tiny-1")  # asked for: stores the vectors
+    assert (report.embedded, report.users, report.default) == (12, 1, None)
+    assert Store(db).embedding_models() == {"hashing:32": 20, "hashing:16": 12}
+    assert other.search("tiny-1", "kitten", mode="dense")
+    assert Memory(db).embedder.name == "hashing:32"
+    with pytest.raises(InputError, match="8 chunks have no vector from 'hashing:16'"):
+        other.reindex("tiny-1", set_default=True)  # tiny-2 has none yet
+    assert other.reindex(set_default=True).default == "hashing:16"
+    assert Memory(db).embedder.name == "hashing:16" and Store(db).default_embedder() == "hashing:16"
 
 
-def test_memory_reuses_the_stores_embedder_by_default(db: str) -> None:
-    Memory(db, embedder="hashing:48").ingest_file(TINY_LOCOMO)
-    assert Memory(db).embedder.name == "hashing:48"
+def test_the_stores_embedder_is_recorded_once_and_enforced(db: str) -> None:
+    mem = Memory(db, embedder="hashing:48")
+    mem.add_session("u", PETS[:1], session_id="s1")
+    assert Memory(db).embedder.name == "hashing:48" and Store(db).setting("embedder") == "hashing:48"
+    before = Store(db).counts()
+    with pytest.raises(InputError, match=r"keeps vectors from the embedder 'hashing:48', not 'hashing:24'.*"
+                                         r"nothing was written"):
+        Memory(db, embedder="hashing:24").add_session("u", PETS[1:2], session_id="s2")
+    store = Store(db)  # the store refuses too, inside its transaction (a racing writer gets no further)
+    with pytest.raises(InputError, match="not 'hashing:24'"):
+        store.add_session(SessionIn(user_id="u", session_id="s3", turns=PETS[1:2]),
+                          [ChunkIn("u: x", (0,))], chunker="turn", embedding_model="hashing:24",
+                          vectors=np.ones((1, 24), dtype=np.float32))
+    assert Store(db).counts() == before
+
+
+def test_a_model_name_stored_in_the_database_is_not_loaded_unasked(db: str, tmp_path) -> None:
+    """The store's embedder name is data: a hub id or a path found there is not fetched or opened."""
+    for name in ("someone/evil-model", str(tmp_path / "a-model-dir"), "sentence-transformers:x/y"):
+        store = Store(str(tmp_path / f"{abs(hash(name))}.db"))
+        store.add_session(SessionIn(user_id="u", session_id="s", turns=PETS[:1]), [ChunkIn("u: x", (0,))],
+                          chunker="turn", embedding_model=name, vectors=np.ones((1, 4), dtype=np.float32))
+        with pytest.raises(InputError, match=r"not an offline or registered model; to load it, name it "
+                                             r"yourself: --embedder"):
+            Memory(store).search("u", "cat")
+    assert Memory(db, embedder="hashing:8").add_session("u", PETS[:1]).status == "added"
+    assert Memory(db).embedder.name == "hashing:8"  # registered backends load from the store's record
+
+
+def test_search_on_a_read_only_store_works_and_never_writes(sqlite_db: str) -> None:
+    Memory(sqlite_db, embedder=HashingEmbedder(32)).ingest_file(TINY_LOCOMO)
+    ro = Memory(f"sqlite:///file:{sqlite_db}?mode=ro&uri=true")
+    assert ro.search("tiny-1", "kitten", k=2)[0].session_id == "session_1"
+    with pytest.raises(InputError, match="qrmem reindex --embedder hashing:16"):
+        Memory(f"sqlite:///file:{sqlite_db}?mode=ro&uri=true", embedder="hashing:16").search("tiny-1", "kitten")
 
 
 def test_index_text_carries_the_session_date() -> None:
