@@ -9,6 +9,7 @@ from .embedders import (
     load_embedder,
 )
 from .errors import GenerationError, MissingDependencyError, ModelLoadError
+from .filters import SearchFilter, parse_session_date
 from .fusion import dense_scores, rrf, top_k
 from .generators import (
     GENERATORS,
@@ -47,6 +48,7 @@ __all__ = [
     "RankedResults",
     "ReindexReport",
     "Reranker",
+    "SearchFilter",
     "SearchHit",
     "SentenceTransformerEmbedder",
     "Summarizer",
@@ -56,6 +58,7 @@ __all__ = [
     "load_embedder",
     "load_generator",
     "load_reranker",
+    "parse_session_date",
     "rrf",
     "top_k",
 ]

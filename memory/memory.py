@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from store import (
 )
 
 from .embedders import Embedder, load_embedder, load_stored_embedder
+from .filters import SearchFilter
 from .ranking import Reranker
 from .rerankers import load_reranker
 from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, Retriever, index_text
@@ -279,18 +281,26 @@ class Memory:
     # -- search -----------------------------------------------------------------------------------
 
     def search(self, user_id: str, query: str, k: int = 10, *, mode: SearchMode | None = None,
-               rerank: bool = False, rerank_k: int | None = None) -> list[SearchHit]:
+               rerank: bool = False, rerank_k: int | None = None,
+               session_ids: Iterable[str] | None = None, after: date | str | None = None,
+               before: date | str | None = None) -> list[SearchHit]:
         """The user's `k` best chunks for `query`, best first (first stage: hybrid by default).
+
+        Filters (see `memory.filters`): only chunks of `session_ids`, and only sessions dated on or
+        after `after` / on or before `before` (days, inclusive; undated or unparseable session dates
+        are left out when a bound is given). They mask the candidates before top-k.
 
         With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
         listwise by `self.reranker`, and the best `k` of them are returned with the reranker's
         scores. Memory context per `rerank_context`: `date` (each chunk's session date), `summary`
         (each chunk's session summary, else its date, plus the conversation summary) or `none`.
         """
+        flt = SearchFilter.build(session_ids, after, before)
         if rerank:
             pool = rerank_k or self.rerank_k
             _check_count(pool, "rerank_k")
-            first = self.search(user_id, query, k=max(pool, 1), mode=mode)
+            first = self.search(user_id, query, k=max(pool, 1), mode=mode, session_ids=session_ids,
+                                after=after, before=before)
             if not first:
                 return []
             contexts, summary = self._rerank_context(user_id, first)
@@ -307,7 +317,7 @@ class Memory:
             raise InputError("query is not valid Unicode (it holds a lone surrogate)") from None
         _check_count(k, "k")
         return [_hit(chunk, score, r) for r, (chunk, score)
-                in enumerate(self.retriever.search(user_id, query, k, mode), start=1)]
+                in enumerate(self.retriever.search(user_id, query, k, mode, flt), start=1)]
 
     def _rerank_context(self, user_id: str, hits: list[SearchHit]) -> tuple[list[str | None] | None, str | None]:
         if self.rerank_context == "none":

@@ -13,6 +13,7 @@ import numpy as np
 from store import ChunkRecord, InputError, Store
 
 from .embedders import Embedder
+from .filters import SearchFilter
 from .fusion import dense_scores, rrf, top_k
 from .lexical import BM25Index
 
@@ -65,7 +66,8 @@ class Retriever:
             self._indexes[user_id] = cached
         return cached
 
-    def search(self, user_id: str, query: str, k: int, mode: str) -> list[tuple[ChunkRecord, float]]:
+    def search(self, user_id: str, query: str, k: int, mode: str,
+               flt: SearchFilter | None = None) -> list[tuple[ChunkRecord, float]]:
         index = self.index(user_id)
         n = len(index.chunks)
         if n == 0:
@@ -79,7 +81,8 @@ class Retriever:
             lexical = self._bm25(index).scores(query)
             lexical_order = top_k(lexical, n)[: int(np.count_nonzero(lexical))]
             scores = rrf([dense, lexical_order], n, self.rrf_k)
-        return [(index.chunks[i], float(scores[i])) for i in top_k(scores, k)]
+        order = top_k(scores, k) if flt is None else flt.top_k(scores, k, index.chunks)
+        return [(index.chunks[i], float(scores[i])) for i in order]
 
     def _dense(self, index: UserIndex, query: str) -> np.ndarray:
         embedder = self._embedder()

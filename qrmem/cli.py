@@ -219,12 +219,18 @@ def search(
     rerank_k: Annotated[int, typer.Option("--rerank-k", help="first-stage candidates to rerank")] = DEFAULT_RERANK_K,
     reranker: Annotated[str, typer.Option(help="with --rerank: qr, qr:PATH, or a plug-in's NAME[:ARG]")] = "qr",
     as_json: JsonOpt = False,
+    session: Annotated[list[str] | None, typer.Option(
+        "--session", help="only this session (repeat for several)")] = None,
+    after: Annotated[str | None, typer.Option(help="only sessions dated on or after YYYY-MM-DD")] = None,
+    before: Annotated[str | None, typer.Option(help="only sessions dated on or before YYYY-MM-DD")] = None,
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
-    --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker."""
+    --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker. --session,
+    --after and --before keep only those sessions (undated sessions are left out by a date bound)."""
     ranker = load_ranker(reranker, model, qr) if rerank else None
-    hits = open_memory(db, embedder, reranker=ranker).search(user, query, k=k, mode=mode, rerank=rerank,
-                                                            rerank_k=rerank_k)
+    hits = open_memory(db, embedder, reranker=ranker).search(
+        user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k, session_ids=session,
+        after=after, before=before)
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
