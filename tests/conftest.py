@@ -11,6 +11,8 @@ import pytest
 # Nothing in the test suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# mem0 sends usage telemetry unless told not to (read when mem0 is imported).
+os.environ["MEM0_TELEMETRY"] = "False"
 
 
 @pytest.fixture(autouse=True)
