@@ -22,6 +22,7 @@ from memory import Generator, Memory, Reranker, Summarizer
 from memory.evaluation import ndcg_at_k, parse_evidence, recall_at_k
 from store import load_file
 from store.errors import InputError
+from store.jsonio import read_json_file
 
 from .agent import memory_block
 from .metrics import locomo_f1
@@ -93,7 +94,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool = False) -> dict[str, Any]:
     data_path = cfg.data
-    raw = json.loads(Path(data_path).read_text())
+    raw = read_json_file(data_path)
     samples = raw if isinstance(raw, list) else [raw]
     if cfg.conversations:
         missing = set(cfg.conversations) - {str(s.get("sample_id")) for s in samples}

@@ -20,6 +20,10 @@ class InputError(QrmemError):
         super().__init__(f"{prefix}{where + ': ' if where else ''}{message}")
 
 
+class MalformedJSONError(InputError):
+    """Input text is not valid JSON (a syntax error; see `store.jsonio`)."""
+
+
 class StoreError(QrmemError):
     """The database cannot be opened or is not in a usable state."""
 

@@ -1,0 +1,203 @@
+"""Hostile and careless input at the store's edge (issue 11): who owns a session, how JSON and JSONL
+are read, exact ids, strict types, export/import round trips and damaged store files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from memory import HashingEmbedder, Memory
+from memory.qr.data import read_json_or_jsonl
+from memory.qr.heads import read_head_file
+from memory.qr.records import read_rank_input
+from store import InputError, load_file, parse_obj
+
+TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
+LOCOMO_DEV = Path("/work/shared/data/locomo/locomo_dev.json")
+runner = CliRunner()
+
+
+def write(tmp_path: Path, obj, name: str = "in.json") -> Path:
+    path = tmp_path / name
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
+    return path
+
+
+def turn(speaker: str = "ann", text: str = "hello", **kw) -> dict:
+    return {"speaker": speaker, "text": text, **kw}
+
+
+def log(user: str = "ann", **sessions_kw) -> dict:
+    return {"user_id": user, "sessions": [{"session_id": "s1", "turns": [turn()], **sessions_kw}]}
+
+
+# -- 3. a session belongs to the record's user ---------------------------------------------------------
+
+def test_a_session_cannot_name_another_owner(tmp_path: Path, sqlite_db: str) -> None:
+    hostile = {"user_id": "ann", "sessions": [
+        {"session_id": "s1", "turns": [turn()]},
+        {"session_id": "s2", "user_id": "bob", "turns": [turn(text="planted")]}]}
+    with pytest.raises(InputError, match=r"record #0 \(ann\), field sessions\[1\]\.user_id: .*'bob'.*'ann'"):
+        load_file(write(tmp_path, hostile))
+    mem = Memory(sqlite_db, embedder=HashingEmbedder(16))
+    with pytest.raises(InputError, match="sessions\\[1\\].user_id"):
+        mem.import_user(hostile)
+    assert mem.store.counts().sessions == 0 and mem.users() == []
+    # The same id as the record's is harmless.
+    same = {"user_id": "ann", "sessions": [{"session_id": "s1", "user_id": "ann", "turns": [turn()]}]}
+    assert [s.user_id for s in parse_obj(same, "x.json", "qrmem")] == ["ann"]
+
+
+# -- 7. JSON and JSONL readers: line breaks inside strings, huge numbers, deep nesting -------------------
+
+SEPARATORS = ["\u2028", "\u2029", "\u0085"]
+
+
+@pytest.mark.parametrize("sep", SEPARATORS)
+def test_jsonl_lines_are_split_on_newline_only(tmp_path: Path, sep: str) -> None:
+    rows = [{"user_id": "ann", "session_id": f"s{i}", "turns": [turn(text=f"one{sep}two {i}")]}
+            for i in range(2)]
+    text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n"
+    sessions = load_file(write(tmp_path, text, "log.jsonl"))
+    assert [s.turns[0].text for s in sessions] == [f"one{sep}two 0", f"one{sep}two 1"]
+    # The QRRanker record reader and the `qrmem rank` reader split the same way.
+    records = [{"id": f"r{i}", "question": f"q{sep}?", "paragraphs": [{"paragraph_text": f"a{sep}b"}]}
+               for i in range(2)]
+    path = write(tmp_path, "\n".join(json.dumps(r, ensure_ascii=False) for r in records), "r.jsonl")
+    assert [r["question"] for r in read_json_or_jsonl(path)] == [f"q{sep}?", f"q{sep}?"]
+    assert [j.query for j in read_rank_input(path, None)] == [f"q{sep}?", f"q{sep}?"]
+    plain = write(tmp_path, f"first{sep}candidate\nsecond\n", "c.txt")
+    assert read_rank_input(plain, "q")[0].texts == [f"first{sep}candidate", "second"]
+
+
+HUGE_INT = "1" * 5000
+
+
+@pytest.mark.parametrize("name, content", [
+    ("in.json", '{"user_id": "ann", "sessions": [{"session_id": "s", "position": ' + HUGE_INT + ', "turns": []}]}'),
+    ("in.jsonl", '{"user_id": "ann", "session_id": "s", "position": ' + HUGE_INT + ', "turns": []}'),
+    ("in.json", "[" * 100_000 + "]" * 100_000),
+    ("in.jsonl", "[" * 100_000 + "]" * 100_000),
+])
+def test_every_json_reader_refuses_huge_numbers_and_deep_nesting(tmp_path: Path, name: str, content: str) -> None:
+    path = write(tmp_path, content, name)
+    for read in (load_file, read_json_or_jsonl, lambda p: read_rank_input(p, "q"), read_head_file):
+        with pytest.raises(InputError, match=r"digits|nested too deeply") as err:
+            read(path)
+        assert str(path) in str(err.value)
+
+
+# -- 11. ids are exact: refused when they carry edge whitespace or control characters --------------------
+
+BAD_IDS = [" bob", "bob ", "bob\u00a0", "bob\n", "\tbob", "bo\x00b", "bo\x1bb", "bob\u2028", "bob\u200b",
+           "\u202ebob", "bo\x7fb", "bob\u3000", ""]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_ids_are_never_rewritten(sqlite_db: str, bad: str) -> None:
+    mem = Memory(sqlite_db, embedder=HashingEmbedder(16))
+    mem.add_session("bob", [turn("bob")], session_id="s1")
+    before = mem.store.counts()
+    writes = [lambda: mem.add_session(bad, [turn("bob", "planted")], session_id="s2"),
+              lambda: mem.add_session("bob", [turn("bob", "planted")], session_id=bad),
+              lambda: mem.add_session("bob", [turn("bob", "planted", id=bad)], session_id="s2"),
+              lambda: mem.add_session("bob", [turn(bad, "planted")], session_id="s2")]
+    reads = [lambda: mem.sessions(bad), lambda: mem.search(bad, "hello"), lambda: mem.export_user(bad),
+             lambda: mem.summaries(bad), lambda: mem.store.turns("bob", bad),
+             lambda: mem.store.add_summary(bad, "conversation", "x"),
+             lambda: mem.delete_session("bob", bad), lambda: mem.delete_user(bad)]
+    for call in writes + reads:
+        with pytest.raises(InputError):
+            call()
+    assert mem.store.counts() == before
+    assert [s.session_id for s in mem.sessions("bob")] == ["s1"]
+
+
+def test_ids_keep_inner_spaces_and_joiners(sqlite_db: str) -> None:
+    mem = Memory(sqlite_db, embedder=HashingEmbedder(16))
+    for user in ("Ann Lee", "👩\u200d🔬", "مستخدم\u200cجديد"):
+        mem.add_session(user, [turn(user)], session_id="s 1")
+        assert [(u.user_id, u.sessions) for u in mem.users() if u.user_id == user] == [(user, 1)]
+
+
+@pytest.mark.parametrize("path", [TINY_LOCOMO, LOCOMO_DEV])
+def test_locomo_files_still_ingest(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"{path} is not on this machine")
+    sessions = load_file(path)
+    assert sessions and all(t.id for s in sessions for t in s.turns)
+
+
+# -- 12. strict types at the boundary ------------------------------------------------------------------
+
+def _locomo(**sample) -> list[dict]:
+    conv = {"speaker_a": "A", "speaker_b": "B", "session_1": [{"speaker": "A", "text": "hi", "dia_id": "D1:1"}]}
+    conv.update(sample.pop("conversation", {}))
+    return [{"sample_id": "x", "conversation": conv, **sample}]
+
+
+@pytest.mark.parametrize("content, match", [
+    (_locomo(sample_id=True), r"field sample_id: expected str/int, got bool"),
+    (_locomo(sample_id=1.5), r"field sample_id: expected str/int, got float"),
+    (log(position="1"), r"field sessions\[0\]\.position: .*integer"),
+    (log(position=1.0), r"field sessions\[0\]\.position: .*integer"),
+    (log(position=True), r"field sessions\[0\]\.position: .*integer"),
+    (log(position=-5), r"field sessions\[0\]\.position: .*0"),
+    ({"user_id": "ann", "sessions": [{"session_id": "a", "position": 2, "turns": [turn()]},
+                                     {"session_id": "b", "position": 2, "turns": [turn()]}]},
+     r"sessions 'a' and 'b' of user 'ann' both have position 2"),
+    ({**log(), "speakers": []}, r"field speakers: .*at least one"),
+    ({**log(), "speakers": ["ann", " bot"]}, r"field speakers\[1\]: speaker .*whitespace"),
+    ({**log(), "speakers": ["ann", "b\udc80"]}, r"field speakers\[1\]: .*not valid Unicode"),
+    ({**log(), "summaries": "nope"}, r"field summaries: .*list"),
+    ({**log(), "summaries": [{"kind": "weekly", "text": "x"}]}, r"field summaries\[0\]\.kind"),
+    ({**log(), "summaries": [{"kind": "session", "session_id": "zz", "text": "x"}]},
+     r"field summaries\[0\]\.session_id: .*'zz'.*not in this record"),
+    ({**log(), "summaries": [{"kind": "conversation", "text": "x", "meta": {"through_session": "zz"}}]},
+     r"field summaries\[0\]\.meta\.through_session"),
+    ({**log(), "summaries": [{"kind": "conversation", "text": "x", "meta": "m"}]},
+     r"field summaries\[0\]\.meta"),
+    ({**log(), "format": "qrmem.v2"}, r"field format: .*'qrmem.v1'"),
+    ({**log(), "format": 1}, r"field format: .*'qrmem.v1'"),
+])
+def test_wrong_types_are_refused(tmp_path: Path, content, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        load_file(write(tmp_path, content))
+
+
+def test_integer_sample_ids_and_positions_are_kept(tmp_path: Path) -> None:
+    sessions = load_file(write(tmp_path, _locomo(sample_id=7)))
+    assert [(s.user_id, s.position) for s in sessions] == [("7", 1)]
+    jsonl = "\n".join(json.dumps({"user_id": "u", "session_id": f"s{p}", "position": p, "turns": [turn()]})
+                      for p in (0, 3))
+    assert [s.position for s in load_file(write(tmp_path, jsonl, "x.jsonl"))] == [0, 3]
+
+
+# -- 14. messages that name the real problem -------------------------------------------------------------
+
+def test_two_keys_for_one_locomo_session_are_both_named(tmp_path: Path) -> None:
+    sample = _locomo(conversation={"session_01": [{"speaker": "A", "text": "again", "dia_id": "D1:9"}]})
+    with pytest.raises(InputError, match=r"'session_01' and 'session_1'"):
+        load_file(write(tmp_path, sample))
+    alone = _locomo()
+    alone[0]["conversation"]["session_01"] = alone[0]["conversation"].pop("session_1")
+    assert [s.session_id for s in load_file(write(tmp_path, alone))] == ["session_1"]
+
+
+@pytest.mark.parametrize("where", ["speaker_a", "speaker_b", "turn"])
+def test_a_lone_surrogate_in_a_speaker_name_is_called_invalid_unicode(tmp_path: Path, where: str) -> None:
+    sample = _locomo()
+    conv = sample[0]["conversation"]
+    if where == "turn":
+        conv["session_1"][0]["speaker"] = "A\udc80"
+    else:  # the turn is by the name as it reads without the broken character
+        conv[where] = conv[where] + "\udc80"
+        conv["session_1"][0]["speaker"] = conv[where][:-1]
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(sample), encoding="utf-8")  # json.dumps escapes it: \udc80
+    with pytest.raises(InputError, match="not valid Unicode") as err:
+        load_file(path)
+    assert "unknown speaker" not in str(err.value)
