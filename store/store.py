@@ -44,6 +44,7 @@ from .types import (
     TurnRecord,
     UserInfo,
     check_key,
+    default_turn_id,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class Store:
                        t.sessions.c.external_id == session.session_id))
         if stored is None:
             return "new"
-        return "unchanged" if stored == session.content_hash() else "conflict"
+        return "unchanged" if stored in session.content_hashes() else "conflict"
 
     def add_session(self, session: SessionIn, chunks: Sequence[ChunkIn], *, chunker: str,
                     embedding_model: str | None = None, vectors: np.ndarray | None = None,
@@ -185,6 +186,7 @@ class Store:
         """
         self._check_chunks(session, chunks, embedding_model, vectors)
         digest = session.content_hash()
+        same = session.content_hashes()  # older versions hashed the same content another way
 
         def write(conn: Connection) -> AddResult:
             user_pk = self._user_pk(conn, session.user_id, lock=True)
@@ -196,9 +198,11 @@ class Store:
                 t.sessions.c.user_id == user_pk, t.sessions.c.external_id == session.session_id)).first()
             status = "added"
             position = session.position
+            if row is not None and row.content_hash in same and not replace:
+                return AddResult(session.user_id, session.session_id, "unchanged")
+            if position is not None:
+                self._check_position_free(conn, user_pk, session)
             if row is not None:
-                if row.content_hash == digest and not replace:
-                    return AddResult(session.user_id, session.session_id, "unchanged")
                 if not replace:
                     raise SessionConflictError(
                         f"session {session.session_id!r} of user {session.user_id!r} is already "
@@ -223,7 +227,7 @@ class Store:
                 t.turns.insert().returning(t.turns.c.id, sort_by_parameter_order=True),
                 [{"session_id": session_pk, "position": i, "speaker": turn.speaker,
                   "text": turn.text, "time_text": turn.time, "image_caption": turn.image_caption,
-                  "external_id": turn.id if turn.id is not None else f"{session.session_id}:{i + 1}"}
+                  "external_id": turn.id if turn.id is not None else default_turn_id(session.session_id, i)}
                  for i, turn in enumerate(session.turns)]))
             chunk_pks = list(conn.scalars(
                 t.chunks.insert().returning(t.chunks.c.id, sort_by_parameter_order=True),
@@ -245,6 +249,18 @@ class Store:
             raise StoreError(f"could not store session {session.session_id!r} of user "
                              f"{session.user_id!r}: {exc.orig}") from None
 
+
+    @staticmethod
+    def _check_position_free(conn: Connection, user_pk: int, session: SessionIn) -> None:
+        """A position orders one session of a user: two sessions never share one (an export of
+        such a store could not be imported, and their order would be arbitrary)."""
+        taken = conn.scalar(select(t.sessions.c.external_id).where(
+            t.sessions.c.user_id == user_pk, t.sessions.c.position == session.position,
+            t.sessions.c.external_id != session.session_id).limit(1))
+        if taken is not None:
+            raise InputError(f"position {session.position} of user {session.user_id!r} is taken by session "
+                             f"{taken!r}; nothing was written: give session {session.session_id!r} a free "
+                             "position, or none to put it last")
 
     @staticmethod
     def _check_chunks(session: SessionIn, chunks: Sequence[ChunkIn], model: str | None,
@@ -642,14 +658,23 @@ class Store:
         return CheckReport(ok=not problems, counts=counts, problems=problems, warnings=warnings, checks=checks)
 
     def export_user(self, user_id: str) -> dict[str, Any]:
-        """A user's memory in the qrmem chat-log format (re-importable with `import_user`)."""
+        """A user's memory in the qrmem chat-log format (re-importable with `import_user`): every
+        session with its turns, and the latest version of each summary with the metadata the
+        rolling summaries need (a conversation summary's `through_session`)."""
+        latest = self.summaries(user_id)  # summaries first: a session added meanwhile is still listed
         sessions = []
         for s in self.sessions(user_id):
             turns = [{"speaker": r.speaker, "text": r.text, "time": r.time, "id": r.id,
                       "image_caption": r.image_caption} for r in self.turns(user_id, s.session_id)]
             sessions.append({"session_id": s.session_id, "date": s.date, "position": s.position,
                              "turns": [{k: v for k, v in tr.items() if v is not None} for tr in turns]})
+        listed = {s["session_id"] for s in sessions}
+
+        def in_export(s: SummaryRecord) -> bool:  # (a session deleted meanwhile took its summaries)
+            through = (s.meta or {}).get("through_session") if s.kind == "conversation" else None
+            return all(x is None or x in listed for x in (s.session_id, through))
+
         summaries = [{"kind": s.kind, "session_id": s.session_id, "version": s.version,
-                      "text": s.text, "model": s.model} for s in self.summaries(user_id, latest=False)]
+                      "text": s.text, "model": s.model, "meta": s.meta} for s in latest if in_export(s)]
         return {"format": EXPORT_FORMAT, "user_id": user_id, "sessions": sessions,
                 "summaries": summaries}

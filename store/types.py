@@ -187,11 +187,24 @@ class SessionIn(BaseModel):
         own = self.turns[index].id
         return own if own is not None else default_turn_id(self.session_id, index)
 
-    def content_hash(self) -> str:
-        """Stable hash of what is stored for this session (used for idempotent re-ingest)."""
-        payload = {"date": self.date, "turns": [t.model_dump() for t in self.turns]}
-        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+    def _hash(self, ids: list[str | None]) -> str:
+        turns = [{**t.model_dump(), "id": i} for t, i in zip(self.turns, ids, strict=True)]
+        blob = json.dumps({"date": self.date, "turns": turns}, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()
+
+    def content_hash(self) -> str:
+        """Stable hash of what is stored for this session (used for idempotent re-ingest). A turn
+        id equal to the default the store gives (`SESSION:N`) hashes as no id, since both store the
+        same: so an export (which writes the stored ids) re-imports as unchanged."""
+        return self._hash([None if self.turn_id(i) == default_turn_id(self.session_id, i) else
+                           self.turn_id(i) for i in range(len(self.turns))])
+
+    def content_hashes(self) -> set[str]:
+        """Every hash that means "this content is already stored": `content_hash()`, and the forms
+        stored before turn ids were normalised (ids exactly as given; every default id written
+        out), so stores written by older versions need no migration."""
+        return {self.content_hash(), self._hash([t.id for t in self.turns]),
+                self._hash([self.turn_id(i) for i in range(len(self.turns))])}
 
 
 MAX_META_CHARS = 10_000  # a summary's metadata, as JSON

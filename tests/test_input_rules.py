@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from memory import HashingEmbedder, Memory
+from memory import HashingEmbedder, Memory, Summarizer
+from memory.generators import Generator
 from memory.qr.data import read_json_or_jsonl
 from memory.qr.heads import read_head_file
 from memory.qr.records import read_rank_input
-from store import InputError, load_file, parse_obj
+from qrmem.cli import app
+from store import InputError, Store, load_file, parse_obj
 
 TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 LOCOMO_DEV = Path("/work/shared/data/locomo/locomo_dev.json")
@@ -176,6 +178,20 @@ def test_integer_sample_ids_and_positions_are_kept(tmp_path: Path) -> None:
     assert [s.position for s in load_file(write(tmp_path, jsonl, "x.jsonl"))] == [0, 3]
 
 
+def test_a_position_held_by_another_stored_session_is_refused(tmp_path: Path, sqlite_db: str) -> None:
+    mem = Memory(sqlite_db, embedder=HashingEmbedder(16))
+    first = "\n".join(json.dumps({"user_id": "u", "session_id": s, "position": p, "turns": [turn()]})
+                      for s, p in (("a", 1), ("b", 2)))
+    assert mem.ingest_file(write(tmp_path, first, "one.jsonl")).count("added") == 2
+    second = "\n".join(json.dumps({"user_id": "u", "session_id": s, "position": p, "turns": [turn()]})
+                       for s, p in (("c", 5), ("d", 2)))
+    before = mem.store.counts()
+    with pytest.raises(InputError, match=r"position 2 of user 'u' is taken by session 'b'; nothing was written"):
+        mem.ingest_file(write(tmp_path, second, "two.jsonl"))
+    assert mem.store.counts() == before  # not even session c
+    assert [(s.session_id, s.position) for s in mem.sessions("u")] == [("a", 1), ("b", 2)]
+
+
 # -- 14. messages that name the real problem -------------------------------------------------------------
 
 def test_two_keys_for_one_locomo_session_are_both_named(tmp_path: Path) -> None:
@@ -201,3 +217,108 @@ def test_a_lone_surrogate_in_a_speaker_name_is_called_invalid_unicode(tmp_path: 
     with pytest.raises(InputError, match="not valid Unicode") as err:
         load_file(path)
     assert "unknown speaker" not in str(err.value)
+
+
+# -- 8. export and import round trips ---------------------------------------------------------------
+
+class FirstTurn(Summarizer):
+    """Deterministic summaries (first turn; rolls append); fails if asked after `frozen`."""
+
+    def __init__(self) -> None:
+        class Unused(Generator):
+            name = "first-turn"
+
+            def generate(self, messages, options):
+                raise AssertionError("not used")
+
+        super().__init__(Unused())
+        self.frozen = False
+
+    def summarize_session(self, turns, date):
+        assert not self.frozen, "summaries were recomputed"
+        return f"{turns[0].text} ({date})"
+
+    def roll(self, previous, session_summary, date):
+        assert not self.frozen, "the conversation was rolled again"
+        return session_summary if not previous else f"{previous} | {session_summary}"
+
+
+def _memory_with_summaries(db: str) -> Memory:
+    mem = Memory(db, embedder=HashingEmbedder(32), summarizer=FirstTurn())
+    for i in range(3):  # turns without ids: the store names them SESSION:N
+        mem.add_session("ann", [turn("ann", f"fact {i}", time="10:00"), turn("bot", f"ok {i}")],
+                        session_id=f"s{i}", date=f"{i + 1} May 2024")
+    mem.add_session("ann", [turn("ann", "with ids", id="x:1", image_caption="a cat")], session_id="s3")
+    return mem
+
+
+def _state(mem: Memory, user: str) -> tuple:
+    sessions = [(s.session_id, s.date, s.position) for s in mem.sessions(user)]
+    turns = [(t.speaker, t.text, t.time, t.id, t.image_caption)
+             for s in mem.sessions(user) for t in mem.store.turns(user, s.session_id)]
+    summaries = sorted((s.kind, s.session_id or "", s.text, s.model, json.dumps(s.meta, sort_keys=True))
+                       for s in mem.summaries(user))
+    return sessions, turns, summaries
+
+
+def test_export_then_import_into_the_same_store_changes_nothing(db: str) -> None:
+    mem = _memory_with_summaries(db)
+    exported = mem.export_user("ann")
+    assert {s["kind"] for s in exported["summaries"]} == {"session", "conversation"}
+    assert all("meta" in s for s in exported["summaries"])
+    before = (mem.store.counts(), mem.store.revision("ann"), _state(mem, "ann"))
+    for _ in range(2):
+        report = mem.import_user(json.loads(json.dumps(exported)))
+        assert [r.status for r in report.results] == ["unchanged"] * 4
+        assert (mem.store.counts(), mem.store.revision("ann"), _state(mem, "ann")) == before
+
+
+def test_export_then_import_into_a_new_store_reproduces_everything(db: str, tmp_path: Path) -> None:
+    mem = _memory_with_summaries(db)
+    exported = json.loads(json.dumps(mem.export_user("ann")))
+    summarizer = FirstTurn()
+    fresh = Memory(str(tmp_path / "fresh.db"), embedder=HashingEmbedder(32), summarizer=summarizer)
+    summarizer.frozen = True  # everything comes from the file: nothing is summarised again
+    report = fresh.import_user(exported)
+    assert report.count("added") == 4
+    assert _state(fresh, "ann") == _state(mem, "ann")
+    assert fresh.summarize("ann") == 0  # the rolling state (through_session) came along
+    assert fresh.export_user("ann")["sessions"] == exported["sessions"]
+    assert fresh.import_user(exported).count("unchanged") == 4
+
+
+def test_cli_export_import_round_trip(db: str, tmp_path: Path) -> None:
+    _memory_with_summaries(db).store.close()
+    out = tmp_path / "ann.json"
+    assert runner.invoke(app, ["export", "--db", db, "--user", "ann", "--out", str(out)]).exit_code == 0
+    res = runner.invoke(app, ["import", "--db", db, str(out), "--embedder", "hashing:32"])
+    assert res.exit_code == 0, res.output
+    assert "0 sessions added, 0 replaced, 4 unchanged" in res.output
+    other = str(tmp_path / "other.db")
+    res = runner.invoke(app, ["import", "--db", other, str(out), "--embedder", "hashing:32"])
+    assert res.exit_code == 0 and "4 sessions added" in res.output
+    kinds = sorted(s.kind for s in Store(other).summaries("ann"))
+    assert kinds == ["conversation", "session", "session", "session", "session"]
+
+
+def test_stores_hashed_before_the_fix_still_match_their_exports(sqlite_db: str) -> None:
+    """Old stores hashed turn ids exactly as given; their sessions stay `unchanged`."""
+    import hashlib
+
+    from sqlalchemy import update
+
+    from store import schema
+
+    mem = Memory(sqlite_db, embedder=HashingEmbedder(16))
+    given = [turn("ann", "a", id="old:1"), turn("ann", "b", id="old:2")]  # ids equal to the defaults
+    mem.add_session("ann", given, session_id="old")
+    legacy = hashlib.sha256(json.dumps(
+        {"date": None, "turns": [{"speaker": t["speaker"], "text": t["text"], "time": None,
+                                  "id": t["id"], "image_caption": None} for t in given]},
+        sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    with mem.store.engine.begin() as conn:
+        conn.execute(update(schema.sessions).values(content_hash=legacy))
+    bare = [{k: v for k, v in t.items() if k != "id"} for t in given]
+    assert mem.add_session("ann", bare, session_id="old").status == "unchanged"
+    assert mem.add_session("ann", given, session_id="old").status == "unchanged"
+    assert mem.import_user(mem.export_user("ann")).count("unchanged") == 1
