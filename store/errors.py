@@ -28,6 +28,14 @@ class StoreError(QrmemError):
     """The database cannot be opened or is not in a usable state."""
 
 
+class DamagedStoreError(StoreError):
+    """The database file is damaged (or is not a database); `qrmem check` reports what it can."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message  # what the database said, without advice
+
+
 class SessionConflictError(QrmemError):
     """A session with this id is already stored for the user with different content."""
 

@@ -23,8 +23,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from . import schema as t
 from .db import SQLITE_BUSY_TIMEOUT_MS, create_store_engine, is_sqlite, resolve_url
+from .dberrors import store_error
 from .errors import (
     ConcurrentUpdateError,
+    DamagedStoreError,
     InputError,
     NotFoundError,
     SessionConflictError,
@@ -89,7 +91,10 @@ class Store:
                 migrate(engine)
             except (OperationalError, DBAPIError) as exc:
                 engine.dispose()
-                raise StoreError(f"cannot open database {self.safe_url}: {exc.orig}") from None
+                raise store_error(exc, self.safe_url, opening=True) from None
+            except StoreError:
+                engine.dispose()
+                raise
             self._engine = engine
         return self._engine
 
@@ -123,8 +128,8 @@ class Store:
                 if not retry_integrity or attempt == WRITE_ATTEMPTS - 1:
                     raise
             except DBAPIError as exc:
-                if not _transient(exc):
-                    raise
+                if not _transient(exc):  # damaged, read-only, full disk ...: one clear line
+                    raise store_error(exc, self.safe_url, writing=True) from None
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise StoreError(
                         f"{self.safe_url} stayed locked by other writers through {WRITE_ATTEMPTS} attempts "
@@ -137,10 +142,13 @@ class Store:
     def _read(self, *, snapshot: bool = False) -> Iterator[Connection]:
         """A read transaction; with `snapshot`, every statement sees the same committed state
         (SQLite: one read transaction; PostgreSQL: REPEATABLE READ)."""
-        with self.engine.connect() as conn:
-            if snapshot and conn.dialect.name == "postgresql":
-                conn.execution_options(isolation_level="REPEATABLE READ")
-            yield conn
+        try:
+            with self.engine.connect() as conn:
+                if snapshot and conn.dialect.name == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                yield conn
+        except DBAPIError as exc:  # damaged file, lost server ...: one clear line, no traceback
+            raise store_error(exc, self.safe_url) from None
 
     # -- users and sessions --------------------------------------------------------------------------
 
@@ -586,7 +594,25 @@ class Store:
     def check(self) -> CheckReport:
         """Integrity check of the whole store (`qrmem check`): the database's own checks (SQLite
         integrity_check and foreign_key_check), orphans, sessions left half-written, embeddings
-        against chunks, summary versions. Read-only."""
+        against chunks, summary versions. Read-only. A damaged file is reported, not raised."""
+        try:
+            return self._check()
+        except DamagedStoreError as exc:
+            from .dberrors import damage_problem, integrity_problems
+
+            try:
+                counts = self.counts()
+            except StoreError:
+                counts = StoreCounts(users=0, sessions=0, turns=0, chunks=0, embeddings=0, summaries=0)
+            sqlite = is_sqlite(self.url)
+            details = [d for d in (integrity_problems(self.url) if sqlite else []) if exc.reason not in d]
+            return CheckReport(
+                ok=False, counts=counts,
+                problems=[damage_problem(exc.reason), *details],
+                warnings=["counts may be incomplete: the file could not be read in full"],
+                checks=["open and read the database", *(["sqlite integrity_check"] if sqlite else [])])
+
+    def _check(self) -> CheckReport:
         problems: list[str] = []
         warnings: list[str] = []
         checks: list[str] = []

@@ -4,6 +4,7 @@ are read, exact ids, strict types, export/import round trips and damaged store f
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from memory.qr.data import read_json_or_jsonl
 from memory.qr.heads import read_head_file
 from memory.qr.records import read_rank_input
 from qrmem.cli import app
-from store import InputError, Store, load_file, parse_obj
+from store import InputError, Store, StoreError, load_file, parse_obj
 
 TINY_LOCOMO = Path(__file__).parents[1] / "agent" / "data" / "tiny_locomo.json"
 LOCOMO_DEV = Path("/work/shared/data/locomo/locomo_dev.json")
@@ -217,6 +218,70 @@ def test_a_lone_surrogate_in_a_speaker_name_is_called_invalid_unicode(tmp_path: 
     with pytest.raises(InputError, match="not valid Unicode") as err:
         load_file(path)
     assert "unknown speaker" not in str(err.value)
+
+
+def _damaged_store(path: str) -> None:
+    mem = Memory(path, embedder=HashingEmbedder(16))
+    mem.ingest_file(TINY_LOCOMO)
+    mem.store.close()
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    roots = dict(con.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'table'"))
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    con.close()
+    with open(path, "r+b") as fh:  # the data pages of the users, sessions and turns tables
+        for table in ("users", "sessions", "turns"):
+            fh.seek((roots[table] - 1) * page_size)
+            fh.write(bytes(range(256)) * (page_size // 256))
+
+
+def test_a_damaged_store_gives_one_line_errors_and_check_reports_it(sqlite_db: str, tmp_path: Path) -> None:
+    _damaged_store(sqlite_db)
+    store = Store(sqlite_db)
+    for call in (store.users, lambda: store.sessions("tiny-1"), lambda: store.export_user("tiny-1"),
+                 lambda: Memory(store, embedder=HashingEmbedder(16)).ingest_file(TINY_LOCOMO)):
+        with pytest.raises(StoreError, match=r"damaged.*qrmem check.*backup"):
+            call()
+    report = store.check()
+    assert not report.ok and any("damaged" in p for p in report.problems)
+    res = runner.invoke(app, ["check", "--db", sqlite_db])
+    assert res.exit_code == 1 and "damaged" in res.output and "Traceback" not in res.output
+
+
+def test_garbage_in_the_migration_table_is_damage_not_a_newer_qrmem(sqlite_db: str) -> None:
+    Store(sqlite_db).counts()
+    con = sqlite3.connect(sqlite_db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    raw = bytearray(Path(sqlite_db).read_bytes())
+    at = [i for i in range(len(raw)) if raw.startswith(b"m001_initial", i)]
+    assert at
+    for i in at:  # table row and index key: printable garbage of the same length
+        raw[i:i + 12] = b"#q!~garbage?"
+    Path(sqlite_db).write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="damaged") as err:
+        Store(sqlite_db).users()
+    assert "upgrade qrmem" not in str(err.value)
+    report = Store(sqlite_db).check()
+    assert not report.ok and any("damaged" in p for p in report.problems)
+
+
+def test_a_real_newer_migration_still_asks_for_an_upgrade(sqlite_db: str) -> None:
+    Store(sqlite_db).counts()
+    con = sqlite3.connect(sqlite_db)
+    con.execute("INSERT INTO schema_migrations VALUES ('m999_future_table', '2030-01-01')")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="upgrade qrmem"):
+        Store(sqlite_db).users()
+
+
+def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    with pytest.raises(StoreError, match="not a database"):
+        Store(str(path)).users()
+    assert not Store(str(path)).check().ok
 
 
 # -- 8. export and import round trips ---------------------------------------------------------------
