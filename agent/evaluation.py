@@ -24,6 +24,7 @@ from memory import DEFAULT_RERANK_K, Generator, Memory, Reranker, Summarizer
 from memory.metrics import locomo_f1, ndcg_at_k, recall_at_k
 from store import load_file
 from store.errors import InputError
+from store.jsonio import read_json_file
 
 from .agent import memory_block
 from .locomo import CATEGORIES, TINY, download, parse_evidence
@@ -73,7 +74,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool = False) -> dict[str, Any]:
     data_path = cfg.data
-    raw = json.loads(Path(data_path).read_text())
+    raw = read_json_file(data_path)
     samples = raw if isinstance(raw, list) else [raw]
     if cfg.conversations:
         missing = set(cfg.conversations) - {str(s.get("sample_id")) for s in samples}

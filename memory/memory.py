@@ -31,8 +31,9 @@ from store import (
     UserInfo,
     load_file,
     make_chunker,
-    parse_obj,
 )
+from store.exchange import parse_import, restore_summaries
+from store.jsonio import read_json_file
 
 from .embedders import Embedder, load_embedder, load_stored_embedder
 from .filters import SearchFilter
@@ -124,7 +125,8 @@ class Memory:
                 "date": date, "turns": turns})
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise InputError(err["msg"], field=".".join(map(str, err["loc"])) or None) from None
+            raise InputError(err["msg"].removeprefix("Value error, "),
+                             field=".".join(map(str, err["loc"])) or None) from None
         return self.add_sessions([session], replace=replace, summarize=summarize).results[0]
 
     def add_sessions(self, sessions: Sequence[SessionIn], *, replace: bool = False,
@@ -145,6 +147,7 @@ class Memory:
                 report.results.append(AddResult(s.user_id, s.session_id, "unchanged"))
             else:
                 todo.append(s)
+        self._check_positions(todo)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), unit="sessions", desc="ingest", disable=not progress)
@@ -207,6 +210,24 @@ class Memory:
         report.seconds = time.perf_counter() - t0
         return report
 
+    def _check_positions(self, sessions: Sequence[SessionIn]) -> None:
+        """Refuse, before anything is written, a session placed at a position another session of
+        its user already holds in the store (the store checks it again in each write)."""
+        placed: dict[str, list[SessionIn]] = {}
+        for s in sessions:
+            if s.position is not None:
+                placed.setdefault(s.user_id, []).append(s)
+        for user, group in placed.items():
+            if self.store.revision(user) is None:
+                continue  # a new user: the input itself was checked for repeats
+            held = {info.position: info.session_id for info in self.store.sessions(user)}
+            for s in group:
+                other = held.get(s.position)
+                if other is not None and other != s.session_id:
+                    raise InputError(f"position {s.position} of user {user!r} is taken by session {other!r}; "
+                                     f"nothing was written: give session {s.session_id!r} a free position, "
+                                     "or none to put it last")
+
     def _summarize_safely(self, user_id: str, session_id: str) -> None:
         """Summaries are derived data: a failure is logged, the stored session stays, and
         `summarize()` (`qrmem summarize`) can compute them later (so can the next ingest: it
@@ -235,8 +256,20 @@ class Memory:
         return self.add_sessions(load_file(path, fmt), replace=replace, progress=progress)
 
     def import_user(self, data: Any, *, replace: bool = False, source: str = "<import>") -> IngestReport:
-        """Import memory exported by `export_user` (the qrmem chat-log format)."""
-        return self.add_sessions(parse_obj(data, source, "qrmem"), replace=replace)
+        """Import memory exported by `export_user` (the qrmem chat-log format): its sessions (as
+        an ingest does: identical ones are `unchanged`), then the summaries the store lacks, with
+        the state the rolling summaries go on from. Importing your own export changes nothing."""
+        imported = parse_import(data, source)
+        report = self.add_sessions(imported.sessions, replace=replace, summarize=False)
+        report.summaries_restored = restore_summaries(self.store, imported)
+        if self.summarizer is not None:  # sessions the file had no summary for
+            for user in imported.users:
+                self._summarize_safely(user, "(import)")
+        return report
+
+    def import_file(self, path: str | os.PathLike[str], *, replace: bool = False) -> IngestReport:
+        """`import_user` on a file written by `export_to` / `qrmem export`."""
+        return self.import_user(read_json_file(path), replace=replace, source=str(path))
 
     # -- reading ----------------------------------------------------------------------------------
 

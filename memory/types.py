@@ -35,6 +35,7 @@ class IngestReport:
     embed_seconds: float = 0.0
     write_seconds: float = 0.0
     summary_seconds: float = 0.0
+    summaries_restored: int = 0  # summaries written from an import (`Memory.import_user`)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)

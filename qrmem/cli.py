@@ -527,10 +527,11 @@ def import_(
     replace: Annotated[bool, typer.Option("--replace", help="overwrite stored sessions that differ")] = False,
     embedder: EmbedderOpt = None,
 ) -> None:
-    """Import memory exported by `qrmem export` (re-chunked and re-embedded here)."""
-    report = open_memory(db, embedder).ingest_file(file, fmt="qrmem", replace=replace)
+    """Import memory exported by `qrmem export` (re-chunked and re-embedded here), with its
+    summaries; importing a store's own export changes nothing."""
+    report = open_memory(db, embedder).import_file(file, replace=replace)
     typer.echo(f"{report.count('added')} sessions added, {report.count('replaced')} replaced, "
-               f"{report.count('unchanged')} unchanged")
+               f"{report.count('unchanged')} unchanged; {report.summaries_restored} summaries restored")
 
 
 @app.command()

@@ -23,8 +23,20 @@ class InputError(QrmemError):
         super().__init__(f"{prefix}{where + ': ' if where else ''}{message}")
 
 
+class MalformedJSONError(InputError):
+    """Input text is not valid JSON (a syntax error; see `store.jsonio`)."""
+
+
 class StoreError(QrmemError):
     """The database cannot be opened or is not in a usable state."""
+
+
+class DamagedStoreError(StoreError):
+    """The database file is damaged (or is not a database); `qrmem check` reports what it can."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message  # what the database said, without advice
 
 
 class SessionConflictError(QrmemError):

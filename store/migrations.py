@@ -8,6 +8,7 @@ that `m001_initial` creates, freeze the initial table definitions here first.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -42,6 +43,7 @@ def m002_settings(conn: Connection) -> None:
 
 
 MIGRATION_LOCK = 7_246_311  # PostgreSQL advisory lock key held while migrating
+_NAME = re.compile(r"m[0-9]{3}_[a-z0-9_]{1,90}", re.ASCII)  # how every migration is named
 
 
 def applied(conn: Connection) -> list[str]:
@@ -64,6 +66,13 @@ def migrate(engine: Engine) -> list[str]:
             schema.schema_migrations.create(conn, checkfirst=True)
             done = set(applied(conn))
             unknown = done - known
+            garbage = [n for n in unknown if not (isinstance(n, str) and _NAME.fullmatch(n))]
+            if garbage:  # not a newer qrmem: the table's pages were overwritten
+                from .dberrors import damaged
+
+                raise damaged(engine.url.render_as_string(hide_password=True),
+                              f"the migration table holds {ascii(garbage[:3])[1:-1]}, which are "
+                              "not migration names")
             if unknown:
                 raise StoreError(
                     f"the database has migrations this qrmem does not know ({sorted(unknown)}); "

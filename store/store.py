@@ -25,7 +25,9 @@ from . import schema as t
 from . import versions
 from .check import find_problems
 from .db import SQLITE_BUSY_TIMEOUT_MS, create_store_engine, is_sqlite, resolve_url
+from .dberrors import store_error
 from .errors import (
+    DamagedStoreError,
     InputError,
     NotFoundError,
     SessionConflictError,
@@ -45,6 +47,7 @@ from .types import (
     TurnRecord,
     UserInfo,
     check_key,
+    default_turn_id,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,10 @@ class Store:
                 migrate(engine)
             except (OperationalError, DBAPIError) as exc:
                 engine.dispose()
-                raise StoreError(f"cannot open database {self.safe_url}: {exc.orig}") from None
+                raise store_error(exc, self.safe_url, opening=True) from None
+            except StoreError:
+                engine.dispose()
+                raise
             self._engine = engine
         return self._engine
 
@@ -124,8 +130,8 @@ class Store:
                 if not retry_integrity or attempt == WRITE_ATTEMPTS - 1:
                     raise
             except DBAPIError as exc:
-                if not _transient(exc):
-                    raise
+                if not _transient(exc):  # damaged, read-only, full disk ...: one clear line
+                    raise store_error(exc, self.safe_url, writing=True) from None
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise StoreError(
                         f"{self.safe_url} stayed locked by other writers through {WRITE_ATTEMPTS} attempts "
@@ -138,10 +144,13 @@ class Store:
     def _read(self, *, snapshot: bool = False) -> Iterator[Connection]:
         """A read transaction; with `snapshot`, every statement sees the same committed state
         (SQLite: one read transaction; PostgreSQL: REPEATABLE READ)."""
-        with self.engine.connect() as conn:
-            if snapshot and conn.dialect.name == "postgresql":
-                conn.execution_options(isolation_level="REPEATABLE READ")
-            yield conn
+        try:
+            with self.engine.connect() as conn:
+                if snapshot and conn.dialect.name == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                yield conn
+        except DBAPIError as exc:  # damaged file, lost server ...: one clear line, no traceback
+            raise store_error(exc, self.safe_url) from None
 
     # -- users and sessions --------------------------------------------------------------------------
 
@@ -175,7 +184,7 @@ class Store:
                        t.sessions.c.external_id == session.session_id))
         if stored is None:
             return "new"
-        return "unchanged" if stored == session.content_hash() else "conflict"
+        return "unchanged" if stored in session.content_hashes() else "conflict"
 
     def add_session(self, session: SessionIn, chunks: Sequence[ChunkIn], *, chunker: str,
                     embedding_model: str | None = None, vectors: np.ndarray | None = None,
@@ -187,6 +196,7 @@ class Store:
         """
         self._check_chunks(session, chunks, embedding_model, vectors)
         digest = session.content_hash()
+        same = session.content_hashes()  # older versions hashed the same content another way
 
         def write(conn: Connection) -> AddResult:
             if embedding_model is not None:
@@ -200,9 +210,11 @@ class Store:
                 t.sessions.c.user_id == user_pk, t.sessions.c.external_id == session.session_id)).first()
             status = "added"
             position = session.position
+            if row is not None and row.content_hash in same and not replace:
+                return AddResult(session.user_id, session.session_id, "unchanged")
+            if position is not None:
+                self._check_position_free(conn, user_pk, session)
             if row is not None:
-                if row.content_hash == digest and not replace:
-                    return AddResult(session.user_id, session.session_id, "unchanged")
                 if not replace:
                     raise SessionConflictError(
                         f"session {session.session_id!r} of user {session.user_id!r} is already "
@@ -227,7 +239,7 @@ class Store:
                 t.turns.insert().returning(t.turns.c.id, sort_by_parameter_order=True),
                 [{"session_id": session_pk, "position": i, "speaker": turn.speaker,
                   "text": turn.text, "time_text": turn.time, "image_caption": turn.image_caption,
-                  "external_id": turn.id if turn.id is not None else f"{session.session_id}:{i + 1}"}
+                  "external_id": turn.id if turn.id is not None else default_turn_id(session.session_id, i)}
                  for i, turn in enumerate(session.turns)]))
             chunk_pks = list(conn.scalars(
                 t.chunks.insert().returning(t.chunks.c.id, sort_by_parameter_order=True),
@@ -249,6 +261,18 @@ class Store:
             raise StoreError(f"could not store session {session.session_id!r} of user "
                              f"{session.user_id!r}: {exc.orig}") from None
 
+
+    @staticmethod
+    def _check_position_free(conn: Connection, user_pk: int, session: SessionIn) -> None:
+        """A position orders one session of a user: two sessions never share one (an export of
+        such a store could not be imported, and their order would be arbitrary)."""
+        taken = conn.scalar(select(t.sessions.c.external_id).where(
+            t.sessions.c.user_id == user_pk, t.sessions.c.position == session.position,
+            t.sessions.c.external_id != session.session_id).limit(1))
+        if taken is not None:
+            raise InputError(f"position {session.position} of user {session.user_id!r} is taken by session "
+                             f"{taken!r}; nothing was written: give session {session.session_id!r} a free "
+                             "position, or none to put it last")
 
     @staticmethod
     def _check_chunks(session: SessionIn, chunks: Sequence[ChunkIn], model: str | None,
@@ -557,21 +581,49 @@ class Store:
                                chunks=n(t.chunks), embeddings=n(t.embeddings), summaries=n(t.summaries))
 
     def check(self) -> CheckReport:
-        """Integrity check of the whole store (`qrmem check`; see `store.check`). Read-only."""
+        """Integrity check of the whole store (`qrmem check`; see `store.check`). Read-only. A damaged
+        file is reported, not raised."""
+        try:
+            return self._check()
+        except DamagedStoreError as exc:
+            from .dberrors import damage_problem, integrity_problems
+
+            try:
+                counts = self.counts()
+            except StoreError:
+                counts = StoreCounts(users=0, sessions=0, turns=0, chunks=0, embeddings=0, summaries=0)
+            sqlite = is_sqlite(self.url)
+            details = [d for d in (integrity_problems(self.url) if sqlite else []) if exc.reason not in d]
+            return CheckReport(
+                ok=False, counts=counts,
+                problems=[damage_problem(exc.reason), *details],
+                warnings=["counts may be incomplete: the file could not be read in full"],
+                checks=["open and read the database", *(["sqlite integrity_check"] if sqlite else [])])
+
+    def _check(self) -> CheckReport:
         with self._read(snapshot=True) as conn:
             problems, warnings, checks = find_problems(conn)
         return CheckReport(ok=not problems, counts=self.counts(), problems=problems, warnings=warnings,
                            checks=checks)
 
     def export_user(self, user_id: str) -> dict[str, Any]:
-        """A user's memory in the qrmem chat-log format (re-importable with `import_user`)."""
+        """A user's memory in the qrmem chat-log format (re-importable with `import_user`): every
+        session with its turns, and the latest version of each summary with the metadata the
+        rolling summaries need (a conversation summary's `through_session`)."""
+        latest = self.summaries(user_id)  # summaries first: a session added meanwhile is still listed
         sessions = []
         for s in self.sessions(user_id):
             turns = [{"speaker": r.speaker, "text": r.text, "time": r.time, "id": r.id,
                       "image_caption": r.image_caption} for r in self.turns(user_id, s.session_id)]
             sessions.append({"session_id": s.session_id, "date": s.date, "position": s.position,
                              "turns": [{k: v for k, v in tr.items() if v is not None} for tr in turns]})
+        listed = {s["session_id"] for s in sessions}
+
+        def in_export(s: SummaryRecord) -> bool:  # (a session deleted meanwhile took its summaries)
+            through = (s.meta or {}).get("through_session") if s.kind == "conversation" else None
+            return all(x is None or x in listed for x in (s.session_id, through))
+
         summaries = [{"kind": s.kind, "session_id": s.session_id, "version": s.version,
-                      "text": s.text, "model": s.model} for s in self.summaries(user_id, latest=False)]
+                      "text": s.text, "model": s.model, "meta": s.meta} for s in latest if in_export(s)]
         return {"format": EXPORT_FORMAT, "user_id": user_id, "sessions": sessions,
                 "summaries": summaries}

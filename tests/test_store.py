@@ -156,11 +156,13 @@ def test_users_are_isolated_in_chunks_and_embeddings(db: str) -> None:
 
 def test_session_positions_follow_arrival_unless_given(db: str) -> None:
     store = Store(db)
-    add(store, session(sid="b"))
-    add(store, session(sid="a"))
-    s = SessionIn(user_id="u1", session_id="z", position=-1, turns=[{"speaker": "A", "text": "x"}])
+    add(store, SessionIn(user_id="u1", session_id="b", position=10, turns=[{"speaker": "A", "text": "x"}]))
+    add(store, session(sid="a"))  # arrives next: after the last position
+    s = SessionIn(user_id="u1", session_id="z", position=2, turns=[{"speaker": "A", "text": "x"}])
     add(store, s)
-    assert [s.session_id for s in store.sessions("u1")] == ["z", "b", "a"]
+    assert [(s.session_id, s.position) for s in store.sessions("u1")] == [("z", 2), ("b", 10), ("a", 11)]
+    with pytest.raises(ValueError, match="position must be >= 0"):  # positions are never negative
+        SessionIn(user_id="u1", session_id="y", position=-1, turns=[{"speaker": "A", "text": "x"}])
 
 
 def test_migrations_are_recorded_once(db: str) -> None:

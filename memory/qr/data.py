@@ -8,7 +8,6 @@ Records built from a store's first stage (LoCoMo) come from `agent.locomo.load_r
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from store.errors import InputError
+from store.jsonio import parse_json_or_jsonl, read_text
 
 
 class Paragraph(BaseModel):
@@ -95,26 +95,10 @@ def parse_records(items: Sequence[Any], source: str) -> list[Record]:
 
 def read_json_or_jsonl(path: str | Path) -> Any:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{source}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{source}: cannot read: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    items = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{source}: line {n}: malformed JSON: {exc.msg}") from None
-    if not items:
-        raise InputError(f"{source}: no records")
-    return items
+    data = parse_json_or_jsonl(read_text(path), source)
+    if data == []:
+        raise InputError("no records", source=source)
+    return data
 
 
 def split_by_group(records: Sequence[Record], val_groups: Sequence[str] | None = None,

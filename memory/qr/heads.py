@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import InputError
+from store.jsonio import parse_json, read_text
 
 _HEAD = re.compile(r"\s*(\d+)\s*[-:]\s*(\d+)\s*")
 DEFAULT_HEADS_FILE = "smollm2-135m-instruct.heads.json"
@@ -63,12 +63,7 @@ def check_heads(heads: Sequence[Head], n_layers: int, n_heads: int, model: str) 
 
 def read_head_file(path: str | Path) -> dict[str, Any]:
     """A head file: JSON with `"heads": ["layer-head", ...]` best first, plus whatever produced it."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: head file not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: malformed JSON: {exc.msg}") from None
+    data = parse_json(read_text(path, "head file"), str(path))
     if not isinstance(data, dict) or "heads" not in data:
         raise InputError(f"{path}: a head file is a JSON object with a 'heads' list")
     data["heads"] = [str(h) for h in parse_heads(data["heads"])]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from store.errors import InputError
+from store.errors import InputError, MalformedJSONError
+from store.jsonio import jsonl_lines, parse_json, parse_json_lines, read_text
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,14 @@ def _candidate(item: Any, source: str, i: int) -> tuple[str, str | None]:
 
 def read_rank_input(path: str | Path, query: str | None) -> list[RankJob]:
     source = str(path)
+    text = read_text(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{source}: cannot read: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        data = parse_json(text, source)
+    except MalformedJSONError:
+        # Lines split on "\n" only: a candidate may hold U+2028 and other line-like characters.
+        lines = [ln.strip() for _, ln in jsonl_lines(text) if ln.strip()]
         if lines and all(ln.startswith("{") for ln in lines):  # JSONL records
-            try:
-                data = [json.loads(ln) for ln in lines]
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{source}: malformed JSONL: {exc.msg}") from None
+            data = parse_json_lines(text, source)
         else:
             data = lines  # plain text, one candidate per line
     records = data if isinstance(data, list) else [data]
