@@ -72,9 +72,11 @@ def make_chunker(spec: str = "turn") -> Chunker:
     """`turn`, `window` (4 turns, overlap 1) or `window:SIZE:OVERLAP`."""
     if not isinstance(spec, str):
         raise InputError(f"a chunker is named by a string such as 'turn' or 'window:4:1', got {spec!r}")
-    name, _, rest = spec.partition(":")
+    name, sep, rest = spec.partition(":")
     if name not in CHUNKERS:
         raise InputError(f"unknown chunker {spec!r}; choose one of {sorted(CHUNKERS)}")
+    if sep and not rest:
+        raise InputError(f"bad chunker {spec!r}: nothing after the colon; write {name!r} for the defaults")
     if name == "turn":
         if rest:
             raise InputError("the turn chunker takes no options")
