@@ -7,8 +7,8 @@ on a re-run), `OUT/report.md` and `OUT/chart.png`. F1 is the LoCoMo paper's (see
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import re
 import time
 from collections import defaultdict
@@ -22,6 +22,7 @@ from memory import Generator, Memory, Reranker, Summarizer
 from memory.evaluation import ndcg_at_k, parse_evidence, recall_at_k
 from store import load_file
 from store.errors import InputError
+from store.files import check_target, write_private
 
 from .agent import memory_block
 from .metrics import locomo_f1
@@ -66,13 +67,23 @@ def download(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     resp = httpx.get(PUBLIC_URL, timeout=60, follow_redirects=True)
     resp.raise_for_status()
-    dest.write_bytes(resp.content)
-    return dest
+    return write_private(dest, resp.content, force=True, mode=0o644, what="download")
+
+
+def parse_conversations(text: str | None) -> list[str] | None:
+    """'conv-26,conv-30' -> ['conv-26', 'conv-30']; None -> None (all conversations). An empty
+    list or an empty item is an error: only the absence of the option means "all"."""
+    if text is None:
+        return None
+    items = [c.strip() for c in str(text).split(",")]
+    if not all(items):
+        raise InputError(f"--conversations takes ids separated by commas, with none empty, got {text!r}")
+    return items
 
 
 def parse_categories(text: str | None) -> list[int] | None:
-    """'1,2,3,4' -> [1, 2, 3, 4]; None or '' -> None (all categories)."""
-    if text is None or text == "":
+    """'1,2,3,4' -> [1, 2, 3, 4]; None -> None (all categories); '' is an error, not "all"."""
+    if text is None:
         return None
     cats: list[int] = []
     if isinstance(text, str):
@@ -85,22 +96,26 @@ def parse_categories(text: str | None) -> list[int] | None:
     return cats
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _atomic_write(path: Path, text: str | bytes) -> None:
+    """The run's own output files are replaced on every run (results.json on resume) through a new
+    file renamed into place; never through a symlink, never onto a directory or device."""
+    write_private(path, text, force=True, mode=0o644, what="results")
 
 
 def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool = False) -> dict[str, Any]:
     data_path = cfg.data
     raw = json.loads(Path(data_path).read_text())
     samples = raw if isinstance(raw, list) else [raw]
-    if cfg.conversations:
+    if cfg.conversations is not None:
+        if not cfg.conversations:
+            raise InputError("conversations is an empty list; pass None for all of them")
         missing = set(cfg.conversations) - {str(s.get("sample_id")) for s in samples}
         if missing:
             raise InputError(f"{data_path}: no conversations {sorted(missing)}")
         samples = [s for s in samples if str(s.get("sample_id")) in set(cfg.conversations)]
     cfg.out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "report.md", "chart.png"):  # refused now, not after the run
+        check_target(cfg.out / name, force=True, what="results")
     t_start = time.perf_counter()
     # Ingest session by session in time order; summaries roll as each session arrives.
     sessions = sorted(load_file(data_path), key=lambda s: (s.user_id, s.position or 0))
@@ -132,7 +147,7 @@ def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool
     summary = summarize(rows, cfg, ingest_seconds=ingest.embed_seconds + ingest.write_seconds
                         + ingest.summary_seconds, wall=time.perf_counter() - t_start)
     _atomic_write(results_path, json.dumps({"questions": rows, "summary": summary}, indent=1))
-    (cfg.out / "report.md").write_text(report(summary))
+    _atomic_write(cfg.out / "report.md", report(summary))
     chart(summary, cfg.out / "chart.png")
     return summary
 
@@ -231,8 +246,10 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     b.set_ylim(0, 1)
     b.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    _atomic_write(path, buf.getvalue())
 
 
 def build_and_run(*, out: str | Path, data: str | Path | None = None, conversations: list[str] | None = None,
@@ -249,7 +266,7 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
         data = download(out / "locomo10.json")
     if data is None:
         data, default_convs, default_limit = default_data()
-        conversations = conversations or default_convs
+        conversations = default_convs if conversations is None else conversations
         limit = limit if limit is not None else default_limit
     if not Path(data).is_file():
         raise InputError(f"{data}: file not found (pass --data PATH to a locomo10.json-style file)")
@@ -257,7 +274,7 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
     rerank = reranker != "none"
     ranker: Reranker | None = load_reranker(reranker) if rerank else None
     out.mkdir(parents=True, exist_ok=True)
-    memory = Memory(db or str(out / "memory.db"), embedder=embedder, reranker=ranker,
+    memory = Memory(str(out / "memory.db") if db is None else db, embedder=embedder, reranker=ranker,
                     summarizer=Summarizer(gen) if summaries else None,
                     rerank_context="summary" if summaries else "date")
     cfg = EvalConfig(out=out, data=Path(data), conversations=conversations, limit=limit, k=k, top_n=top_n,

@@ -81,7 +81,9 @@ RERANKERS: dict[str, Callable[[str | None], Reranker]] = {"qr": _load_qr}
 
 def load_reranker(spec: str = "qr") -> Reranker:
     """`qr` (the embedded QRRanker) or `qr:PATH_OR_HUB_ID`."""
-    name, _, arg = spec.partition(":")
+    name, sep, arg = spec.partition(":")
     if name not in RERANKERS:
         raise InputError(f"unknown reranker {spec!r}; choose one of {sorted(RERANKERS)}")
+    if sep and not arg.strip():
+        raise InputError(f"bad reranker {spec!r}: nothing after the colon; write {name!r} for the embedded one")
     return RERANKERS[name](arg or None)

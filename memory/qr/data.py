@@ -125,13 +125,21 @@ def is_locomo(data: Any) -> bool:
     return bool(items) and isinstance(items[0], dict) and "conversation" in items[0]
 
 
+def _check_groups(groups: Sequence[str] | None) -> None:
+    """None means every group; an empty list or an empty name is a mistake, not "every group"."""
+    if groups is not None and (isinstance(groups, str) or not groups
+                               or not all(isinstance(g, str) and g.strip() for g in groups)):
+        raise InputError(f"conversations must be None (all) or a list of non-empty ids, got {groups!r}")
+
+
 def locomo_records(data: Any, memory: Any, k: int, *, conversations: Sequence[str] | None = None,
                    exclude_categories: Sequence[int] = (5,)) -> list[Record]:
     """LoCoMo questions as records over `memory`'s first-stage top-k (the samples must be ingested)."""
     from memory.evaluation import first_stage_candidates, locomo_questions
 
     questions = locomo_questions(data, exclude_categories=exclude_categories)
-    if conversations:
+    _check_groups(conversations)
+    if conversations is not None:
         wanted = set(conversations)
         unknown = wanted - {q.user_id for q in questions}
         if unknown:
@@ -179,11 +187,12 @@ def load_records(path: str | Path, *, k: int = 20, db: str | None = None,
     For LoCoMo the conversations are ingested into `memory`, else into `db`, else into a
     temporary SQLite store (identical sessions already stored are skipped).
     """
+    _check_groups(conversations)
     data = read_json_or_jsonl(path)
     if not is_locomo(data):
         items = data if isinstance(data, list) else [data]
         records = parse_records(items, str(path))
-        if conversations:
+        if conversations is not None:
             records = [r for r in records if r.split_key in set(conversations)]
         return records
     if memory is None:
@@ -191,9 +200,9 @@ def load_records(path: str | Path, *, k: int = 20, db: str | None = None,
 
         from memory import Memory
 
-        memory = Memory(db or str(Path(tempfile.mkdtemp(prefix="qrmem-")) / "seed.db"))
+        memory = Memory(str(Path(tempfile.mkdtemp(prefix="qrmem-")) / "seed.db") if db is None else db)
     samples = data if isinstance(data, list) else [data]
-    if conversations:
+    if conversations is not None:
         samples = [s for s in samples if str(s.get("sample_id")) in set(conversations)]
     from store import parse_obj
 

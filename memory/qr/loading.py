@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -17,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from store.errors import InputError, MissingDependencyError, ModelLoadError
+from store.redact import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HEADS_IN_DIR = "qrmem_heads.json"
@@ -72,9 +72,14 @@ def file_digest(path: Path) -> str:
 
 
 def gguf_to_dir(gguf: Path) -> Path:
-    """Dequantise a GGUF model once into `<cache>/gguf/<sha256>/` (safetensors + config + tokenizer)."""
+    """Dequantise a GGUF model once into `<cache>/gguf/<sha256>/` (safetensors + config + tokenizer).
+    The entry is built in a new private directory and renamed into place; a symlink where the
+    entry belongs is refused (it could point at files someone else controls)."""
     _require_ml()
     target = cache_root() / "gguf" / file_digest(gguf)[:32]
+    if target.is_symlink():
+        raise ModelLoadError(f"the cache entry {target} is a symbolic link; qrmem neither reads nor writes "
+                             "through one: remove it (or set $QRMEM_CACHE to a directory of your own)")
     if (target / "config.json").is_file():
         return target
     from safetensors.torch import save_file
@@ -89,7 +94,7 @@ def gguf_to_dir(gguf: Path) -> Path:
         raise ModelLoadError(f"cannot load GGUF {gguf}: {exc}") from None
     config = model.config.to_dict()
     config.pop("quantization_config", None)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         type(model.config).from_dict(config).save_pretrained(tmp)
@@ -123,6 +128,8 @@ def resolve(name_or_path: str | os.PathLike[str] | None) -> Source:
         gguf = embedded_gguf()
         return Source(str(gguf_to_dir(gguf)), "SmolLM2-135M-Instruct")
     text = os.fspath(name_or_path)
+    if not text.strip():
+        raise InputError("the model name or path is empty; give one, or pass None for the embedded model")
     path = Path(text).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -141,9 +148,11 @@ def resolve(name_or_path: str | os.PathLike[str] | None) -> Source:
 def pick_device(device: str | None) -> str:
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device.strip():
+        raise InputError("the device is empty; give cpu, cuda or cuda:N, or None to pick one")
+    return device
 
 
 def pick_dtype(dtype: str, device: str):

@@ -15,9 +15,12 @@ A run writes a model directory that `QRRanker.load(DIR)` accepts, with checkpoin
 from __future__ import annotations
 
 import json
-import logging
 import math
+import os
 import random
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,11 +30,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.errors import InputError
+from store.errors import InputError, OutputError
+from store.files import check_target, write_private
+from store.redact import get_logger
 
 from .data import Record
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RANKER_FILE = "qrmem_ranker.json"
 ATTN_FILE = "attention_weights.safetensors"
@@ -147,16 +152,19 @@ def _state_tensors(ranker: Any, cfg: TrainConfig) -> dict[str, Any]:
 
 def save_model_dir(ranker: Any, cfg: TrainConfig, out: Path, base: str | None,
                    metrics: dict[str, Any]) -> None:
-    """A directory `QRRanker.load(out)` accepts: the trained tensors + a manifest + the heads."""
-    from safetensors.torch import save_file
+    """A directory `QRRanker.load(out)` accepts: the trained tensors + a manifest + the heads.
+    Each file is written to a new file renamed into place (never through a symlink)."""
+    from safetensors.torch import save
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_state_tensors(ranker, cfg), str(out / ATTN_FILE), metadata={"format": "pt"})
+    write_private(out / ATTN_FILE, save(_state_tensors(ranker, cfg), metadata={"format": "pt"}),
+                  force=True, mode=0o644, what="model")
     manifest = {"format": "qrmem.qr-ranker.v1", "base": base, "heads": [str(h) for h in ranker.heads],
                 "scoring": {"calibrate": ranker.config.calibrate, "mask_outliers": ranker.config.mask_outliers},
                 "n_layers": len(ranker.model.layers), "train": cfg.model_dump(),
                 "trained_layers": getattr(ranker, "trained_layers", []), "metrics": metrics}
-    (out / RANKER_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_private(out / RANKER_FILE, json.dumps(manifest, indent=1) + "\n", force=True, mode=0o644,
+                  what="model")
 
 
 def apply_trained(model: Any, directory: Path, manifest: dict[str, Any]) -> None:
@@ -194,13 +202,17 @@ def _merge_lora(model: Any) -> None:
 
 
 def _save_checkpoint(ranker: Any, cfg: TrainConfig, opt: Any, out: Path, state: dict[str, Any]) -> None:
-    """Trainable tensors, AdamW moments and loop state; safetensors + JSON, no pickle."""
-    from safetensors.torch import save_file
+    """Trainable tensors, AdamW moments and loop state; safetensors + JSON, no pickle. Written into
+    a new private directory, then swapped with the old checkpoint by renames (never through a
+    symlink), so a crash leaves a whole checkpoint or none."""
+    from safetensors.torch import save
 
     ck = out / CHECKPOINT
-    tmp = out / (CHECKPOINT + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(_state_tensors(ranker, cfg), str(tmp / "params.safetensors"))
+    if ck.is_symlink():
+        raise OutputError(f"{ck} is a symbolic link; qrmem never writes through one (remove it)")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{CHECKPOINT}-"))
+    write_private(tmp / "params.safetensors", save(_state_tensors(ranker, cfg)))
     names = {id(p): n for n, p in ranker.model.named_parameters() if p.requires_grad}
     moments, steps = {}, {}
     for p, st in opt.state.items():
@@ -209,13 +221,13 @@ def _save_checkpoint(ranker: Any, cfg: TrainConfig, opt: Any, out: Path, state: 
         moments[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
         steps[n] = float(st["step"])
     if moments:
-        save_file(moments, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "adam_steps": steps}))
+        write_private(tmp / "optimizer.safetensors", save(moments))
+    write_private(tmp / "state.json", json.dumps({**state, "adam_steps": steps}))
+    old = out / f".{CHECKPOINT}-old-{secrets.token_hex(4)}"
     if ck.exists():
-        import shutil
-
-        shutil.rmtree(ck)
-    tmp.rename(ck)
+        os.rename(ck, old)
+    os.rename(tmp, ck)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_checkpoint(ranker: Any, opt: Any, out: Path) -> dict[str, Any]:
@@ -247,6 +259,9 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
     from .ranker import full_pass_head_scores
 
     out = Path(out)
+    if out.is_dir():  # refuse a symlinked output file now, not after the training
+        for name in (ATTN_FILE, RANKER_FILE):
+            check_target(out / name, force=True, what="model")
     usable = [r for r in train_records if any(r.gold) and not all(r.gold)]
     if not usable:
         raise InputError("no training record has both gold and non-gold candidates")
