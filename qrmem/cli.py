@@ -18,51 +18,94 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="qrmem: long-term memory for chatbots. Store dialogue, search it, rerank it.")
 
-DbOpt = Annotated[str | None, typer.Option(
-    "--db", envvar="QRMEM_DB", help="SQLite file or SQLAlchemy URL [default: $QRMEM_DB or the user data dir]")]
-UserOpt = Annotated[str, typer.Option("--user", "-u", help="user (conversation owner) id")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-EmbedderOpt = Annotated[str | None, typer.Option(
-    "--embedder", help="sentence-transformers name/path or BACKEND:ARG (e.g. hashing:256) "
-                       "[default: the model already in the store, else the offline MiniLM]")]
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    """Print `error: MESSAGE` as one line (secrets redacted) and return the exit to raise."""
+    from store.redact import redact
+
+    typer.echo(f"error: {' '.join(redact(message).split())}", err=True)
     return typer.Exit(1)
 
 
+def _given(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    """Option callback: an option that is given must have a value; an empty or blank one is an
+    error, never the same as leaving the option out (`--session ''` must not mean every session)."""
+    if isinstance(value, str) and not value.strip():
+        raise _fail(f"{param.opts[0]} is empty; give a value, or leave the option out")
+    return value
+
+
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", envvar="QRMEM_DB", callback=_given,
+    help="SQLite file or SQLAlchemy URL [default: $QRMEM_DB or the user data dir]")]
+UserOpt = Annotated[str, typer.Option("--user", "-u", callback=_given, help="user (conversation owner) id")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+EmbedderOpt = Annotated[str | None, typer.Option(
+    "--embedder", callback=_given, help="sentence-transformers name/path or BACKEND:ARG (e.g. hashing:256) "
+                                        "[default: the model already in the store, else the offline MiniLM]")]
+BaseUrlOpt = Annotated[str | None, typer.Option(
+    "--base-url", callback=_given, help="openai: server URL, e.g. http://127.0.0.1:8000/v1")]
+ConversationsOpt = Annotated[str | None, typer.Option(
+    "--conversations", callback=_given, help="only these groups/conversations (comma-separated)")]
+
+
 def handle_errors(fn: F) -> F:
-    """Turn qrmem's own errors into one line on stderr and exit status 1."""
+    """Turn every failure the user can cause into one `error:` line on stderr and exit status 1:
+    qrmem's own errors, and the system's (a file or disk problem, a database error, a request too
+    large for memory) where one reaches the command without a qrmem error around it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from store.db import describe_db_error
         from store.errors import QrmemError
+        from store.files import os_advice
 
         try:
             return fn(*args, **kwargs)
         except QrmemError as exc:
             raise _fail(str(exc)) from None
+        except MemoryError:
+            raise _fail("out of memory: the request is too large for this machine; ask for less "
+                        "(a smaller embedder dimension, fewer candidates, a smaller model)") from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise _fail(f"{where}{os_advice(exc)}") from None
+        except SQLAlchemyError as exc:
+            raise _fail(f"database error: {describe_db_error(exc)}") from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def open_memory(db: str | None, embedder: str | None = None, chunker: str = "turn",
-                reranker=None, secure_delete: bool = False) -> Memory:
+                reranker=None, secure_delete: bool = False, secure_delete_wait: float = 5.0,
+                create: bool = True) -> Memory:
+    """The command's Memory. Reading commands pass `create=False`: a store that does not exist is
+    an error, not a new empty one. An in-memory SQLite database is refused: it would vanish with
+    the command, and the command would still report success."""
     from memory import Memory
+    from store import Store
+    from store.db import is_memory
 
-    return Memory(db, embedder=embedder, chunker=chunker, reranker=reranker, secure_delete=secure_delete)
+    store = Store(db, secure_delete=secure_delete, secure_delete_wait=secure_delete_wait, create=create)
+    if is_memory(store.url):
+        raise _fail(f"{store.safe_url} is an in-memory database: it would be gone when this command "
+                    "ends; pass a file path or a server URL (--db)")
+    if not create:
+        store.engine  # noqa: B018 -- a store that does not exist is refused now, before any prompt
+    return Memory(store, embedder=embedder, chunker=chunker, reranker=reranker)
 
 
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="reranker LM: local dir, .gguf file or hub id [default: embedded SmolLM2]")]
+    "--model", callback=_given, help="reranker LM: local dir, .gguf file or hub id [default: embedded SmolLM2]")]
 HeadsOpt = Annotated[str | None, typer.Option(
-    "--heads", help="QR heads as LAYER-HEAD,... or a head-file .json [default: the model's own]")]
+    "--heads", callback=_given, help="QR heads as LAYER-HEAD,... or a head-file .json [default: the model's own]")]
 CalOpt = Annotated[bool | None, typer.Option(
     "--calibrate/--no-calibrate", help="null-query calibration [default: as the head list was chosen]")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... [default: auto]")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", callback=_given, help="cpu, cuda, cuda:1 ... [default: auto]")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16, float16")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code",
                                         help="run code shipped with a hub model (needed by MindscapeRAG/QRRanker)")]
@@ -83,8 +126,12 @@ def _print_json(obj: Any) -> None:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
+    from store.redact import install
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # every log line is redacted, other libraries' too
+        install(handler)
 
 
 @app.command()
@@ -139,7 +186,7 @@ def search(
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
     --rerank-k with QRRanker (the embedded SmolLM2 unless --model)."""
     ranker = load_qr(model, heads, calibrate, device, dtype, trust_remote_code) if rerank else None
-    hits = open_memory(db, embedder, reranker=ranker).search(  # type: ignore[arg-type]
+    hits = open_memory(db, embedder, reranker=ranker, create=False).search(  # type: ignore[arg-type]
         user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k)
     if as_json:
         _print_json([h.as_dict() for h in hits])
@@ -157,7 +204,8 @@ def rank(
     file: Annotated[Path, typer.Argument(
         help="candidates: a JSON list of strings or {text, context?} objects, or a text file with "
              "one per line; or QRRanker records {question, paragraphs: [{paragraph_text, title?}]}")],
-    query: Annotated[str | None, typer.Option("--query", "-q", help="the query (not for records)")] = None,
+    query: Annotated[str | None, typer.Option("--query", "-q", callback=_given,
+                                              help="the query (not for records)")] = None,
     k: Annotated[int | None, typer.Option("--k", "-k", help="show only the best k")] = None,
     model: ModelOpt = None,
     heads: HeadsOpt = None,
@@ -170,13 +218,15 @@ def rank(
     """Rerank candidates for a query with QRRanker (listwise, one prompt)."""
     from memory.qr.records import read_rank_input
 
+    if k is not None and k < 1:
+        raise _fail(f"--k must be at least 1, got {k}; leave it out to show every candidate")
     jobs = read_rank_input(file, query)
     ranker = load_qr(model, heads, calibrate, device, dtype, trust_remote_code)
     out = []
     for job in jobs:
         ranked = ranker.rank(job.query, job.texts, contexts=job.contexts, summary=job.summary)
         rows = [{"rank": r.rank, "index": r.index, "score": r.score, "text": r.text}
-                for r in ranked.top_k(k or len(ranked))]
+                for r in ranked.top_k(len(ranked) if k is None else k)]
         out.append({"id": job.id, "query": job.query, "results": rows})
     if as_json:
         _print_json(out if len(out) > 1 or out[0]["id"] is not None else out[0]["results"])
@@ -200,29 +250,33 @@ def heads_detect(
     limit: Annotated[int, typer.Option("--limit", help="seed queries to use (with a gold candidate)")] = 64,
     top: Annotated[int, typer.Option("--top", help="heads to keep")] = 16,
     k: Annotated[int, typer.Option("--k", help="LoCoMo: first-stage candidates per question")] = 20,
-    conversations: Annotated[str | None, typer.Option(help="only these groups/conversations (comma-separated)")] = None,
-    db: Annotated[str | None, typer.Option("--db", help="LoCoMo: store to ingest into [default: a temp file]")] = None,
+    conversations: ConversationsOpt = None,
+    db: Annotated[str | None, typer.Option("--db", callback=_given,
+                                           help="LoCoMo: store to ingest into [default: a temp file]")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing head file")] = False,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Score every (layer, head) on seed queries and write the best as a head list."""
+    from agent.locomo import parse_conversations
     from memory import QRRanker
     from memory.qr import data as qdata
-    from memory.qr.detect import METHODS, detect, write
+    from memory.qr.detect import METHODS, check_outputs, detect, write
 
     if method not in METHODS:
         raise _fail(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    groups = conversations.split(",") if conversations else None
+    check_outputs(out, force=force)  # before hours of work, not after
+    groups = parse_conversations(conversations)
     records = qdata.sample(qdata.load_records(data, k=k, db=db, conversations=groups), limit, seed)
     ranker = QRRanker.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                            all_layers=True)
     det = detect(ranker, records, method=method, top=top, seed=seed, progress=sys.stderr.isatty(),
                  meta={"seed_data": data.name, "k": k, "limit": limit, "sampling_seed": seed,
                        "groups": sorted({r.split_key for r in records})})
-    head_file, png = write(det, out)
+    head_file, png = write(det, out, force=force)
     typer.echo(f"{len(det.heads)} heads by {method} on {det.queries} queries: {', '.join(map(str, det.heads))}")
     typer.echo(f"top-{top} overlap across random halves of the queries: {det.stability:.2f}")
     typer.echo(f"wrote {head_file} and {png}")
@@ -236,11 +290,12 @@ def train(
     model: ModelOpt = None,
     heads: HeadsOpt = None,
     val_conversations: Annotated[str | None, typer.Option(
-        help="validation groups/conversations (comma-separated) [default: a third, by seed]")] = None,
+        callback=_given, help="validation groups/conversations (comma-separated) [default: a third, by seed]")] = None,
     limit: Annotated[int | None, typer.Option(help="at most this many training queries")] = None,
     val_limit: Annotated[int | None, typer.Option(help="at most this many validation queries")] = None,
     k: Annotated[int, typer.Option("--k", help="LoCoMo: first-stage candidates per question")] = 20,
-    db: Annotated[str | None, typer.Option("--db", help="LoCoMo: store to ingest into [default: a temp file]")] = None,
+    db: Annotated[str | None, typer.Option("--db", callback=_given,
+                                           help="LoCoMo: store to ingest into [default: a temp file]")] = None,
     method: Annotated[str, typer.Option(help="lora or attention (train the projections themselves)")] = "lora",
     epochs: Annotated[int, typer.Option()] = 1,
     lr: Annotated[float, typer.Option()] = 2e-4,
@@ -261,6 +316,7 @@ def train(
     Splits by conversation, never by question; validates each epoch; checkpoints every optimizer
     step (resume with --resume); writes a directory that `QRRanker.load(DIR)` and --model accept.
     """
+    from agent.locomo import parse_conversations
     from memory import QRRanker
     from memory.qr import data as qdata
     from memory.qr.train import TrainConfig
@@ -270,7 +326,7 @@ def train(
                       lora_alpha=2 * lora_r, layers_from=layers_from, temperature=temperature,
                       max_steps=max_steps, seed=seed, gradient_checkpointing=gradient_checkpointing)
     records = qdata.load_records(data, k=k, db=db)
-    val_groups = val_conversations.split(",") if val_conversations else None
+    val_groups = parse_conversations(val_conversations)
     train_recs, val_recs = qdata.split_by_group(records, val_groups, seed=seed)
     train_recs = qdata.sample(train_recs, limit, seed)
     val_recs = qdata.sample(val_recs, val_limit, seed)
@@ -294,13 +350,13 @@ def summarize(
     db: DbOpt = None,
     redo: Annotated[bool, typer.Option("--redo", help="recompute every session and restart the rolling summary")] = False,
     generator: Annotated[str, typer.Option(help="transformers[:MODEL] (default: offline SmolLM2) or openai:MODEL")] = "transformers",
-    base_url: Annotated[str | None, typer.Option(help="openai: server URL, e.g. http://127.0.0.1:8000/v1")] = None,
+    base_url: BaseUrlOpt = None,
     api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the key")] = "OPENAI_API_KEY",
 ) -> None:
     """Compute the missing session summaries of a user in order, rolling the conversation summary."""
     from memory import Summarizer, load_generator
 
-    mem = open_memory(db)
+    mem = open_memory(db, create=False)
     mem.summarizer = Summarizer(load_generator(generator, base_url=base_url, api_key_env=api_key_env))
     n = mem.summarize(user, redo=redo)
     conv = next((s for s in mem.summaries(user) if s.kind == "conversation"), None)
@@ -315,21 +371,27 @@ def chat(
     user: UserOpt,
     db: DbOpt = None,
     generator: Annotated[str, typer.Option(help="transformers[:MODEL] (default: offline SmolLM2) or openai:MODEL")] = "transformers",
-    base_url: Annotated[str | None, typer.Option(help="openai: server URL")] = None,
+    base_url: BaseUrlOpt = None,
     api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the key")] = "OPENAI_API_KEY",
     top_n: Annotated[int, typer.Option(help="memories given to the generator")] = 3,
     rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="rerank with QRRanker")] = True,
     summarize: Annotated[bool, typer.Option("--summarize/--no-summarize", help="roll summaries at the end")] = True,
 ) -> None:
     """Chat with persistent memory: each exchange is stored; memory carries over between runs.
-    Type /end (or Ctrl-D) to close the session."""
+    Type /end (or Ctrl-D) to close the session. A message that could not be stored (too long, a
+    NUL character, not UTF-8) is refused with its reason before anything is sent, and the chat
+    goes on."""
     from agent import MemoryAgent
     from memory import Summarizer, load_generator
+    from memory.generators import GenerationError
+    from store.errors import InputError
 
     gen = load_generator(generator, base_url=base_url, api_key_env=api_key_env)
     mem = open_memory(db)
     mem.summarizer = Summarizer(gen) if summarize else None
     agent = MemoryAgent(mem, gen, top_n=top_n, rerank=rerank)
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 refuse one line, not the chat
+        sys.stdin.reconfigure(errors="surrogateescape")
     typer.echo(f"memory: {mem.store.safe_url}, user {user!r}; /end to finish")
     try:
         while True:
@@ -341,13 +403,26 @@ def chat(
                 break
             if not message:
                 continue
-            answer = agent.chat(user, message)
+            try:
+                answer = agent.chat(user, message)
+            except InputError as exc:
+                reason = ("the line is not valid UTF-8" if _has_surrogates(message) else str(exc))
+                typer.echo(" ".join(f"refused: {reason}; nothing was sent or stored".split()), err=True)
+                continue
+            except GenerationError as exc:
+                typer.echo(f"error: {' '.join(str(exc).split())}; this message was not stored, "
+                           "send it again or /end", err=True)
+                continue
             cited = ", ".join(answer.turn_ids) or "no memories"
             typer.echo(f"bot> {answer.text}\n     (memories: {cited})")
     finally:
-        session = agent.end_session(user)
+        session = agent.end_session(user)  # None unless an exchange was stored
         if session:
             typer.echo(f"saved session {session}")
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate qrmem end to end.")
@@ -358,24 +433,30 @@ app.add_typer(eval_app, name="eval")
 @handle_errors
 def eval_locomo(
     data: Annotated[Path | None, typer.Option(help="locomo10.json-style file [default: a slice of locomo_dev, else the shipped tiny one]")] = None,
-    conversations: Annotated[str | None, typer.Option(help="sample ids, comma-separated")] = None,
+    conversations: ConversationsOpt = None,
     limit: Annotated[int | None, typer.Option(help="questions in all")] = None,
     out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/locomo"),
     k: Annotated[int, typer.Option("--k", help="first-stage candidates to rerank")] = 20,
     top_n: Annotated[int, typer.Option("--top-n", help="chunks given to the generator")] = 3,
     reranker: Annotated[str, typer.Option(help="qr, qr:PATH or none")] = "qr",
     generator: Annotated[str, typer.Option(help="transformers[:MODEL] or openai:MODEL")] = "transformers",
-    base_url: Annotated[str | None, typer.Option(help="openai: server URL")] = None,
+    base_url: BaseUrlOpt = None,
     summaries: Annotated[bool, typer.Option("--summaries", help="roll summaries, give them to the reranker")] = False,
-    categories: Annotated[str | None, typer.Option(help="question categories, e.g. 1,2,3,4 [default: all]")] = None,
+    categories: Annotated[str | None, typer.Option(
+        callback=_given, help="question categories, e.g. 1,2,3,4 [default: all]")] = None,
     no_answer: Annotated[bool, typer.Option("--no-answer", help="retrieval only: skip the generator, no F1")] = False,
     download: Annotated[bool, typer.Option("--download", help="fetch the public locomo10.json (needs network)")] = False,
 ) -> None:
     """Ingest LoCoMo conversations session by session, answer every question from memory, score it."""
-    from agent.locomo import build_and_run, parse_categories, report
+    from agent.locomo import (
+        build_and_run,
+        parse_categories,
+        parse_conversations,
+        report,
+    )
 
     summary = build_and_run(out=out, data=data, limit=limit, k=k, top_n=top_n,
-                            conversations=conversations.split(",") if conversations else None,
+                            conversations=parse_conversations(conversations),
                             reranker=reranker, generator=generator, base_url=base_url,
                             summaries=summaries, download_public=download, progress=sys.stderr.isatty(),
                             categories=parse_categories(categories), answer=not no_answer)
@@ -387,7 +468,7 @@ def eval_locomo(
 @handle_errors
 def sessions(user: UserOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List a user's sessions in conversation order."""
-    rows = open_memory(db).sessions(user)
+    rows = open_memory(db, create=False).sessions(user)
     if as_json:
         _print_json([{"session_id": s.session_id, "date": s.date, "position": s.position,
                       "turns": s.turns, "chunks": s.chunks} for s in rows])
@@ -401,20 +482,27 @@ def sessions(user: UserOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
 def delete(
     user: UserOpt,
     db: DbOpt = None,
-    session: Annotated[str | None, typer.Option(help="delete only this session")] = None,
+    session: Annotated[str | None, typer.Option(
+        callback=_given, help="delete only this session [default: the whole user]")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
     secure: Annotated[bool, typer.Option("--secure", help="SQLite: overwrite the deleted content and "
                                                            "truncate the write-ahead log")] = False,
+    secure_wait: Annotated[float, typer.Option(
+        "--secure-wait", metavar="SECONDS", help="--secure: wait at most this long for other "
+                                                 "connections' reads before leaving the log as it is")] = 5.0,
 ) -> None:
     """Delete a session, or a whole user, with all their turns, chunks, embeddings and summaries.
     Deleting a session rolls the conversation summary back to before it (`qrmem summarize` rolls
     the later sessions in again)."""
-    what = f"session {session!r} of user {user!r}" if session else f"user {user!r} and all their memory"
+    whole_user = session is None  # only the absence of --session means the whole user
+    what = f"user {user!r} and all their memory" if whole_user else f"session {session!r} of user {user!r}"
+    mem = open_memory(db, secure_delete=secure, secure_delete_wait=secure_wait, create=False)
     if not yes and not typer.confirm(f"Delete {what}?", default=False):
         raise _fail("nothing deleted")
-    mem = open_memory(db, secure_delete=secure)
-    result = mem.delete_session(user, session) if session else mem.delete_user(user)
+    result = mem.delete_user(user) if whole_user else mem.delete_session(user, session)  # type: ignore[arg-type]
     typer.echo(f"deleted {what}: {result.turns} turns, {result.chunks} chunks, {result.summaries} summaries")
+    if result.remaining:
+        typer.echo(f"warning: {result.remaining}", err=True)
     if result.needs_resummarize:
         typer.echo(f"the conversation summary was rolled back; run `qrmem summarize --user {user}` "
                    "to roll the later sessions in again")
@@ -426,13 +514,17 @@ def export(
     user: UserOpt,
     db: DbOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="file to write (mode 0600)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out file")] = False,
 ) -> None:
-    """Export a user's memory as qrmem JSON (to stdout, or to --out readable by the owner only)."""
-    mem = open_memory(db)
+    """Export a user's memory as qrmem JSON (to stdout, or to --out readable by the owner only).
+
+    --out is written to a new file renamed into place: a symlink, a directory, the store's own
+    files and (without --force) an existing file are refused."""
+    mem = open_memory(db, create=False)
     if out is None:
         _print_json(mem.export_user(user))
     else:
-        mem.export_to(user, out)
+        mem.export_to(user, out, force=force)
         typer.echo(f"wrote {out}")
 
 
@@ -455,9 +547,7 @@ def import_(
 def check(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Integrity check: database checks, orphans, half-written sessions, embeddings vs chunks.
     Exits 1 when anything is damaged."""
-    from store import Store
-
-    report = Store(db).check()
+    report = open_memory(db, create=False).check()
     if as_json:
         _print_json({"ok": report.ok, "counts": report.counts.as_dict(), "problems": report.problems,
                      "warnings": report.warnings, "checks": report.checks})
@@ -477,7 +567,7 @@ def check(db: DbOpt = None, as_json: JsonOpt = False) -> None:
 @handle_errors
 def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Counts of users, sessions, turns, chunks, embeddings and summaries; embedding models."""
-    data = open_memory(db).info()
+    data = open_memory(db, create=False).info()
     counts = {k: data[k] for k in ("users", "sessions", "turns", "chunks", "embeddings", "summaries")}
     if as_json:
         _print_json(counts)
