@@ -9,7 +9,7 @@ prints the report. Same as `qrmem eval locomo`.
 
 import argparse
 
-from agent.locomo import build_and_run, parse_categories, report
+from agent.locomo import build_and_run, parse_categories, parse_conversations, report
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--data", default=None, help="a locomo10.json-style file (list of samples or one sample)")
@@ -27,7 +27,7 @@ ap.add_argument("--no-answer", action="store_true", help="retrieval only: skip t
 ap.add_argument("--download", action="store_true", help="fetch the public locomo10.json (needs network)")
 args = ap.parse_args()
 summary = build_and_run(out=args.out, data=args.data, limit=args.limit, k=args.k, top_n=args.top_n,
-                        conversations=args.conversations.split(",") if args.conversations else None,
+                        conversations=parse_conversations(args.conversations),
                         reranker=args.reranker, generator=args.generator, base_url=args.base_url,
                         summaries=args.summaries, download_public=args.download,
                         categories=parse_categories(args.categories), answer=not args.no_answer)
