@@ -185,9 +185,13 @@ def search(
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
     --rerank-k with QRRanker (the embedded SmolLM2 unless --model)."""
-    ranker = load_qr(model, heads, calibrate, device, dtype, trust_remote_code) if rerank else None
-    hits = open_memory(db, embedder, reranker=ranker, create=False).search(  # type: ignore[arg-type]
-        user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k)
+    mem = open_memory(db, embedder, create=False)  # a missing store is refused before a model loads
+    if rerank:
+        from memory import Memory
+
+        mem = Memory(mem.store, embedder=embedder,
+                     reranker=load_qr(model, heads, calibrate, device, dtype, trust_remote_code))
+    hits = mem.search(user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k)  # type: ignore[arg-type]
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
