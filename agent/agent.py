@@ -13,7 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
 from memory import DEFAULT_RERANK_K, Generator, Memory, SearchHit
+from store import TurnIn
 from store.errors import InputError
 
 SYSTEM_PROMPT = (
@@ -56,6 +59,18 @@ class _OpenSession:
     turns: list[dict[str, str]] = field(default_factory=list)
 
 
+def check_turn(speaker: str, text: str, what: str) -> None:
+    """`InputError` (one line, the reason) unless `text` by `speaker` can be stored as a turn."""
+    try:
+        TurnIn(speaker=speaker, text=text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(map(str, err["loc"]))
+        reason = str(err["msg"]).removeprefix("Value error, ")
+        raise InputError(f"{what} cannot be stored: {reason}" if field == "text"
+                         else f"{field} {speaker!r} cannot be stored: {reason}") from None
+
+
 class MemoryAgent:
     """A chatbot loop over a `Memory` (with its reranker) and a `Generator`."""
 
@@ -70,8 +85,12 @@ class MemoryAgent:
         self._open: dict[str, _OpenSession] = {}
 
     def chat(self, user_id: str, message: str, *, date: str | None = None) -> Answer:
+        """Answer `message` from memory and store the exchange. The message is checked first, by
+        the rules of a stored turn: a message that could not be stored is an `InputError` before
+        anything is searched, sent or written, and the open session stays as it was."""
         if not isinstance(message, str) or not message.strip():
             raise InputError("message must be a non-empty string")
+        check_turn(user_id, message, "message")
         t0 = time.perf_counter()
         hits = self.memory.search(user_id, message, k=self.top_n, rerank=self.rerank, rerank_k=self.rerank_k)
         t1 = time.perf_counter()
@@ -81,15 +100,18 @@ class MemoryAgent:
             {"role": "user", "content": f"Memories:\n{context}\n\nMessage: {message}"},
         ], max_new_tokens=self.max_new_tokens) or "..."
         t2 = time.perf_counter()
+        check_turn(self.assistant, reply, "the generator's reply")
         session = self._open.get(user_id)
         if session is None:
             stamp = datetime.now(UTC)
             session = _OpenSession(f"chat-{stamp:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
                                    date or f"{stamp.day} {stamp:%B %Y}")
-            self._open[user_id] = session
-        session.turns += [{"speaker": user_id, "text": message}, {"speaker": self.assistant, "text": reply}]
-        self.memory.add_session(user_id, session.turns, session_id=session.session_id, date=session.date,
+        turns = [*session.turns, {"speaker": user_id, "text": message},
+                 {"speaker": self.assistant, "text": reply}]
+        self.memory.add_session(user_id, turns, session_id=session.session_id, date=session.date,
                                 replace=True, summarize=False)
+        session.turns = turns  # only now: the session is open (and reported saved) once it is stored
+        self._open[user_id] = session
         t3 = time.perf_counter()
         used = tuple(UsedChunk(h.chunk_id, h.session_id, h.session_date, h.turn_ids, h.score, h.text)
                      for h in hits)
@@ -97,7 +119,8 @@ class MemoryAgent:
                       {"retrieve": t1 - t0, "generate": t2 - t1, "write": t3 - t2})
 
     def end_session(self, user_id: str) -> str | None:
-        """Close the user's open session and roll the summaries forward (if Memory has a summarizer)."""
+        """Close the user's open session and roll the summaries forward (if Memory has a summarizer).
+        Returns the id of the stored session, or None when no exchange was stored."""
         session = self._open.pop(user_id, None)
         if session is not None and self.memory.summarizer is not None:
             self.memory.summarize(user_id)

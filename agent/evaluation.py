@@ -9,8 +9,8 @@ chooses a default one.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import re
 import time
 from collections import defaultdict
@@ -24,10 +24,11 @@ from memory import DEFAULT_RERANK_K, Generator, Memory, Reranker, Summarizer
 from memory.metrics import locomo_f1, ndcg_at_k, recall_at_k
 from store import load_file
 from store.errors import InputError
+from store.files import check_target, write_private
 from store.jsonio import read_json_file
 
 from .agent import memory_block
-from .locomo import CATEGORIES, TINY, download, parse_evidence
+from .locomo import CATEGORIES, TINY, check_conversations, download, parse_evidence
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 QA_PROMPT = ("Use the memories to answer the question in a short phrase (a name, date or a few "
@@ -52,8 +53,8 @@ class EvalConfig:
 
 
 def parse_categories(text: str | None) -> list[int] | None:
-    """'1,2,3,4' -> [1, 2, 3, 4]; None or '' -> None (all categories)."""
-    if text is None or text == "":
+    """'1,2,3,4' -> [1, 2, 3, 4]; None -> None (all categories); '' is an error, not "all"."""
+    if text is None:
         return None
     cats: list[int] = []
     if isinstance(text, str):
@@ -66,22 +67,25 @@ def parse_categories(text: str | None) -> list[int] | None:
     return cats
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _atomic_write(path: Path, text: str | bytes) -> None:
+    """The run's own output files are replaced on every run (results.json on resume) through a new
+    file renamed into place; never through a symlink, never onto a directory or device."""
+    write_private(path, text, force=True, mode=0o644, what="results")
 
 
 def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool = False) -> dict[str, Any]:
     data_path = cfg.data
     raw = read_json_file(data_path)
     samples = raw if isinstance(raw, list) else [raw]
-    if cfg.conversations:
+    check_conversations(cfg.conversations)
+    if cfg.conversations is not None:
         missing = set(cfg.conversations) - {str(s.get("sample_id")) for s in samples}
         if missing:
             raise InputError(f"{data_path}: no conversations {sorted(missing)}")
         samples = [s for s in samples if str(s.get("sample_id")) in set(cfg.conversations)]
     cfg.out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "report.md", "chart.png"):  # refused now, not after the run
+        check_target(cfg.out / name, force=True, what="results")
     t_start = time.perf_counter()
     # Ingest session by session in time order; summaries roll as each session arrives.
     sessions = sorted(load_file(data_path), key=lambda s: (s.user_id, s.position or 0))
@@ -113,7 +117,7 @@ def run(cfg: EvalConfig, memory: Memory, generator: Generator, *, progress: bool
     summary = summarize(rows, cfg, ingest_seconds=ingest.embed_seconds + ingest.write_seconds
                         + ingest.summary_seconds, wall=time.perf_counter() - t_start)
     _atomic_write(results_path, json.dumps({"questions": rows, "summary": summary}, indent=1))
-    (cfg.out / "report.md").write_text(report(summary))
+    _atomic_write(cfg.out / "report.md", report(summary))
     chart(summary, cfg.out / "chart.png")
     return summary
 
@@ -213,8 +217,10 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     b.set_ylim(0, 1)
     b.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    _atomic_write(path, buf.getvalue())
 
 
 def build_and_run(*, out: str | Path, data: str | Path | None = None, conversations: list[str] | None = None,
@@ -239,7 +245,7 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
     rerank = reranker != "none"
     ranker: Reranker | None = load_reranker(reranker) if rerank else None
     out.mkdir(parents=True, exist_ok=True)
-    memory = Memory(db or str(out / "memory.db"), embedder=embedder, reranker=ranker,
+    memory = Memory(str(out / "memory.db") if db is None else db, embedder=embedder, reranker=ranker,
                     summarizer=Summarizer(gen) if summaries else None,
                     rerank_context="summary" if summaries else "date")
     cfg = EvalConfig(out=out, data=Path(data), conversations=conversations, limit=limit, rerank_k=rerank_k,

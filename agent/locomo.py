@@ -18,6 +18,7 @@ from memory import DEFAULT_RERANK_K, Memory
 from memory.qr.data import Paragraph, Record, card_records, read_json_or_jsonl
 from store import parse_obj
 from store.errors import InputError
+from store.files import write_private
 
 PUBLIC_URL = "https://raw.githubusercontent.com/snap-research/locomo/main/data/locomo10.json"
 TINY = Path(__file__).parent / "data" / "tiny_locomo.json"
@@ -32,8 +33,28 @@ def download(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     resp = httpx.get(PUBLIC_URL, timeout=60, follow_redirects=True)
     resp.raise_for_status()
-    dest.write_bytes(resp.content)
-    return dest
+    return write_private(dest, resp.content, force=True, mode=0o644, what="download")
+
+
+def parse_conversations(text: str | None) -> list[str] | None:
+    """'conv-26,conv-30' -> ['conv-26', 'conv-30']; None -> None (all conversations). An empty
+    list or an empty item is an error: only the absence of the option means "all"."""
+    if text is None:
+        return None
+    items = [c.strip() for c in str(text).split(",")]
+    if not all(items):
+        raise InputError(f"--conversations takes ids separated by commas, with none empty, got {text!r}")
+    return items
+
+
+def check_conversations(conversations: Sequence[str] | None) -> None:
+    """None means every conversation; an empty list or an empty id is a mistake, not "all"."""
+    if conversations is None:
+        return
+    if isinstance(conversations, str) or not all(isinstance(c, str) and c.strip() for c in conversations):
+        raise InputError(f"conversations must be None (all) or a list of non-empty ids, got {conversations!r}")
+    if not conversations:
+        raise InputError("conversations is an empty list; pass None for all of them")
 
 
 def parse_evidence(evidence: Iterable[Any]) -> list[str]:
@@ -111,8 +132,9 @@ def locomo_records(data: Any, memory: Memory, rerank_k: int = DEFAULT_RERANK_K, 
     """LoCoMo questions as candidate records over `memory`'s first-stage top `rerank_k` (the samples
     must be ingested): gold = turns cited as evidence, title = the session date, group = the
     conversation, so training and detection see what inference sees."""
+    check_conversations(conversations)
     questions = locomo_questions(data, exclude_categories=exclude_categories)
-    if conversations:
+    if conversations is not None:
         wanted = set(conversations)
         unknown = wanted - {q.user_id for q in questions}
         if unknown:
@@ -135,13 +157,14 @@ def load_records(path: str | Path, *, rerank_k: int = DEFAULT_RERANK_K, db: str 
 
     For LoCoMo the conversations are ingested into `memory`, else into `db`, else into a temporary
     SQLite store (identical sessions already stored are skipped)."""
+    check_conversations(conversations)
     data = read_json_or_jsonl(path)
     if not is_locomo(data):
         return card_records(data, str(path), groups=conversations)
     if memory is None:
-        memory = Memory(db or str(Path(tempfile.mkdtemp(prefix="qrmem-")) / "seed.db"))
+        memory = Memory(str(Path(tempfile.mkdtemp(prefix="qrmem-")) / "seed.db") if db is None else db)
     samples = data if isinstance(data, list) else [data]
-    if conversations:
+    if conversations is not None:
         samples = [s for s in samples if str(s.get("sample_id")) in set(conversations)]
     memory.add_sessions(parse_obj(samples, str(path), "locomo"), progress=True)
     return locomo_records(samples, memory, rerank_k, conversations=conversations)

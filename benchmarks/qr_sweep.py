@@ -14,6 +14,7 @@ QRRanker with 1..16 heads, calibrated or raw, with and without dates, at K=20 an
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 import time
@@ -26,6 +27,7 @@ from memory import Memory
 from memory.metrics import ndcg_at_k, recall_at_k
 from memory.qr import QRRanker
 from memory.qr.detect import head_quality, top_heads
+from store.files import write_private
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/locomo/locomo_dev.json"
 SETTINGS = {"k20_date": (20, True), "k20_nodate": (20, False), "k50_date": (50, True)}
@@ -87,8 +89,10 @@ def main() -> None:
     cache = Path(args.cache)
     store = dict(np.load(cache)) if cache.exists() else {}
 
-    def save() -> None:
-        np.savez(cache, **store)
+    def save() -> None:  # the sweep's own cache, replaced as it grows (never through a symlink)
+        buf = io.BytesIO()
+        np.savez(buf, **store)
+        write_private(cache, buf.getvalue(), force=True, mode=0o644)
 
     ranker = QRRanker.load(all_layers=True)
     sets = {"seed": (first_stage_candidates(mem, seed_q, 20), True),
@@ -149,7 +153,7 @@ def main() -> None:
             print(f"{name:11s} {Path(args.extra_model).name[:24]:24s} {r:6.3f} {n:8.3f}  ({per_q:.2f}s/query)")
     if args.out_heads:
         heads = top_heads(q_qr, args.n_heads)
-        Path(args.out_heads).write_text(json.dumps({
+        write_private(args.out_heads, json.dumps({
             "model": "SmolLM2-135M-Instruct", "method": "qr", "heads": [str(h) for h in heads],
             "scoring": {"calibrate": args.calibrate},
             "seed": {"data": Path(args.data).name, "conversations": sorted(seed_convs),
@@ -157,7 +161,7 @@ def main() -> None:
             "scores": {str(h): round(float(q_qr[h.layer, h.head]), 4) for h in top_heads(q_qr, 32)},
             "command": "python benchmarks/qr_sweep.py --db DB --out-heads FILE --n-heads "
                        f"{args.n_heads} --{'' if args.calibrate else 'no-'}calibrate",
-        }, indent=1) + "\n")
+        }, indent=1) + "\n", force=True, mode=0o644)  # it rewrites the shipped head file on purpose
         print(f"wrote {args.out_heads}")
 
 

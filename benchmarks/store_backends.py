@@ -73,10 +73,12 @@ def main() -> None:
         sys.exit("error: give --postgres URL (or source .ci/postgres to start a throwaway server)")
     import sqlalchemy as sa
 
+    from store.admin import CreateDatabase, DropDatabase
+
     admin = sa.create_engine(args.postgres, isolation_level="AUTOCOMMIT")
     name = f"qrmem_bench_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # benchmark-only, name made here
+        conn.execute(CreateDatabase(name))  # the name is quoted by the dialect
     try:
         pg_url = admin.url.set(database=name).render_as_string(hide_password=False)
         with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +86,7 @@ def main() -> None:
         pg = measure(pg_url, args.sessions, args.queries)
     finally:
         with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(DropDatabase(name))
     print(f"{args.sessions} sessions x 20 turns into 4 users ({args.sessions * 5} chunks each), "
           f"{args.queries} queries, medians")
     print(f"| {'':36} | {'SQLite':>8} | {'PostgreSQL':>10} | {'PG / SQLite':>11} |")

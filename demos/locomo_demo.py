@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from agent.evaluation import build_and_run, parse_categories, report
+from agent.locomo import parse_conversations
 from memory import DEFAULT_RERANK_K
 
 # The demo (not the library) knows where the repository's neighbours keep the LoCoMo dev file.
@@ -32,10 +33,11 @@ ap.add_argument("--categories", default=None, help="question categories, e.g. 1,
 ap.add_argument("--no-answer", action="store_true", help="retrieval only: skip the generator, no F1")
 ap.add_argument("--download", action="store_true", help="fetch the public locomo10.json (needs network)")
 args = ap.parse_args()
-conversations = args.conversations.split(",") if args.conversations else None
+conversations = parse_conversations(args.conversations)
 data, limit = args.data, args.limit
 if data is None and not args.download and SHARED.is_file():
-    data, conversations = SHARED, conversations or ["conv-41"]
+    data = SHARED
+    conversations = ["conv-41"] if conversations is None else conversations
     limit = 20 if limit is None else limit
 summary = build_and_run(out=args.out, data=data, limit=limit, rerank_k=args.rerank_k, top_n=args.top_n,
                         conversations=conversations, reranker=args.reranker, generator=args.generator,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -11,11 +10,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from store.errors import InputError
+from store.redact import get_logger
 from store.registry import Registry
 
 from .errors import MissingDependencyError, ModelLoadError
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
 
@@ -99,12 +99,16 @@ class SentenceTransformerEmbedder(Embedder):
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+MAX_HASHING_DIM = 65_536  # 256 KB per vector; larger sizes only exhaust memory, they add no recall
+
+
 class HashingEmbedder(Embedder):
     """Feature-hashed bag of words: no model, deterministic, instant. For tests and ML-free installs."""
 
     def __init__(self, dim: int = 256) -> None:
-        if dim < 1:
-            raise InputError(f"hashing embedder dim must be >= 1, got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_HASHING_DIM:
+            raise InputError(f"hashing embedder dim must be an integer from 1 to {MAX_HASHING_DIM:,} "
+                             f"(every vector takes dim x 4 bytes), got {dim!r}")
         self.dim = dim
         self.name = f"hashing:{dim}"  # a spec load_embedder() accepts
 
@@ -137,6 +141,9 @@ def load_embedder(spec: str | None = None) -> Embedder:
     embedded default, the offline MiniLM. Every embedder's `name` is a spec that recreates it."""
     if spec is None or spec == DEFAULT_EMBEDDER_NAME:
         return SentenceTransformerEmbedder()
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"the embedder spec is empty or not a string ({spec!r}); give a model name, a path "
+                         "or BACKEND:ARG, or None for the default")
     return EMBEDDERS.create(spec)
 
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from abc import ABC, abstractmethod
@@ -19,12 +18,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from store.errors import InputError
+from store.redact import get_logger, redact, remember
 from store.registry import Registry
 
 from .errors import GenerationError, MissingDependencyError, ModelLoadError
 from .models import SMOLLM2_LABEL
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 ROLES = ("system", "user", "assistant")
@@ -130,9 +130,26 @@ class OpenAIGenerator(Generator):
         if not model:
             raise InputError("OpenAIGenerator needs a model name")
         self.name = model
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _check_base_url(base_url)
         self.api_key_env = api_key_env
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._api_key()  # a malformed key is an error now, not after the first retries
+
+    def _api_key(self) -> str | None:
+        """The key from `$api_key_env` (None when unset or empty), remembered for redaction. A key
+        that no HTTP header can carry is an error that names the variable, never the key."""
+        key = os.environ.get(self.api_key_env) or None
+        if key is None:
+            return None
+        remember(key)
+        if any(ch.isspace() for ch in key):
+            problem = "a newline, space or tab"
+        elif not key.isascii() or not key.isprintable():
+            problem = "a non-ASCII or control character"
+        else:
+            return key
+        raise InputError(f"${self.api_key_env} holds {problem}; an API key is printable ASCII with no "
+                         "whitespace: fix the variable (the key itself is not shown)")
 
     def generate(self, messages: Sequence[Message], options: GenerationOptions) -> str:
         try:
@@ -140,34 +157,53 @@ class OpenAIGenerator(Generator):
         except ModuleNotFoundError:
             raise MissingDependencyError("OpenAIGenerator needs httpx: pip install httpx") from None
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
+        key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         body = {"model": self.name, "messages": list(messages), "max_tokens": options.max_new_tokens,
                 "temperature": options.temperature}
         url = f"{self.base_url}/chat/completions"
+        shown = redact(url)  # what messages call it: no credentials from --base-url
         last = ""
         for attempt in range(self.retries + 1):
             try:
                 resp = httpx.post(url, json=body, headers=headers, timeout=self.timeout)
             except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = redact(f"{type(exc).__name__}: {exc}")
             else:
                 if resp.status_code == 200:
                     try:
                         return resp.json()["choices"][0]["message"]["content"] or ""
                     except (ValueError, KeyError, IndexError, TypeError):
-                        raise GenerationError(f"{url} answered 200 without choices[0].message.content") from None
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                        raise GenerationError(f"{shown} answered 200 without choices[0].message.content") from None
+                last = redact(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 if resp.status_code < 500 and resp.status_code != 429:
-                    raise GenerationError(f"{url} refused the request ({last}); check the model name "
+                    raise GenerationError(f"{shown} refused the request ({last}); check the model name "
                                           f"and ${self.api_key_env}")
             if attempt < self.retries:
                 delay = self.backoff * 2**attempt
                 log.warning("generator request failed (%s); retrying in %.1fs", last, delay)
                 time.sleep(delay)
-        raise GenerationError(f"{url} failed after {self.retries + 1} tries ({last}); is the server "
+        raise GenerationError(f"{shown} failed after {self.retries + 1} tries ({last}); is the server "
                               "running and --base-url right?")
+
+
+def _check_base_url(base_url: str) -> str:
+    """An http(s) URL with a host; its password (if any) is remembered for redaction."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise InputError("the generator's base URL is empty; give one such as http://127.0.0.1:8000/v1")
+    try:
+        parts = urlsplit(base_url.strip())
+        remember(parts.password)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # e.g. a port that is not a number
+        ok = False
+    if not ok:
+        raise InputError(f"bad base URL {base_url!r}: write it as http(s)://host[:port]/path, "
+                         "e.g. http://127.0.0.1:8000/v1")
+    return base_url.strip().rstrip("/")
 
 
 def _openai(arg: str | None, *, base_url: str | None = None, api_key_env: str | None = None,

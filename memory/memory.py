@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 import uuid
@@ -26,6 +25,7 @@ from store import (
     SessionIn,
     SessionInfo,
     Store,
+    StoreError,
     SummaryRecord,
     TurnIn,
     UserInfo,
@@ -33,7 +33,10 @@ from store import (
     make_chunker,
 )
 from store.exchange import parse_import, restore_summaries
+from store.files import check_target, write_private
 from store.jsonio import read_json_file
+from store.redact import get_logger
+from store.store import SECURE_DELETE_WAIT
 
 from .embedders import Embedder, load_embedder, load_stored_embedder
 from .filters import SearchFilter
@@ -43,7 +46,7 @@ from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, Retriever, index_text
 from .summaries import Summarizer, catch_up
 from .types import IngestReport, ReindexReport, SearchHit
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
 EMBED_GROUP = 256  # chunks embedded together across sessions on ingest
@@ -64,10 +67,12 @@ class Memory:
                  reranker: Reranker | str | None = None, rerank_k: int = DEFAULT_RERANK_K,
                  summarizer: Summarizer | None = None,
                  rerank_context: Literal["date", "summary", "none"] = "date",
-                 secure_delete: bool = False) -> None:
+                 secure_delete: bool = False, secure_delete_wait: float = SECURE_DELETE_WAIT,
+                 create: bool = True) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
-        self.store = db if isinstance(db, Store) else Store(db, secure_delete=secure_delete)
+        self.store = db if isinstance(db, Store) else Store(
+            db, secure_delete=secure_delete, secure_delete_wait=secure_delete_wait, create=create)
         self._embedder_spec = embedder
         self._embedder: Embedder | None = embedder if isinstance(embedder, Embedder) else None
         self.chunker = make_chunker(chunker) if isinstance(chunker, str) else chunker
@@ -161,9 +166,16 @@ class Memory:
             offset = 0
             t0 = time.perf_counter()
             for s, cs in zip(group, chunked, strict=True):
-                result = self.store.add_session(
-                    s, cs, chunker=self.chunker.spec, embedding_model=self.embedder.name,
-                    vectors=vectors[offset:offset + len(cs)], replace=replace)
+                try:
+                    result = self.store.add_session(
+                        s, cs, chunker=self.chunker.spec, embedding_model=self.embedder.name,
+                        vectors=vectors[offset:offset + len(cs)], replace=replace)
+                except StoreError as exc:  # disk full, read-only store...: say what is safe
+                    written = sum(r.status != "unchanged" for r in report.results)
+                    raise StoreError(
+                        f"{exc}; stopped at session {s.session_id!r} of user {s.user_id!r}: the {written} "
+                        "sessions written before it are stored whole and intact; fix the cause and run "
+                        "the same command again (stored sessions are skipped)") from None
                 offset += len(cs)
                 report.results.append(result)
                 self.retriever.forget(s.user_id)
@@ -297,15 +309,13 @@ class Memory:
     def export_user(self, user_id: str) -> dict[str, Any]:
         return self.store.export_user(user_id)
 
-    def export_to(self, user_id: str, path: str | os.PathLike[str]) -> Path:
-        """Write a user's memory as JSON, readable by the owner only (0600)."""
-        path = Path(path)
+    def export_to(self, user_id: str, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write a user's memory as JSON, readable by the owner only (0600), through a new file
+        renamed into place (`store.files.write_private`): a symlink, the store's own files and a
+        directory are refused, and so is an existing file unless `force`."""
+        check_target(path, force=force, refuse=self.store.files(), what="export")  # before reading
         data = json.dumps(self.export_user(user_id), ensure_ascii=False, indent=1)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-        os.chmod(path, 0o600)
-        return path
+        return write_private(path, data, force=force, refuse=self.store.files(), what="export")
 
     def info(self) -> dict[str, Any]:
         return {"db": self.store.safe_url, **self.store.counts().as_dict(),

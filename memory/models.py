@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import InputError
+from store.redact import get_logger
 
 from .errors import MissingDependencyError, ModelLoadError
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_LABEL = "SmolLM2-135M-Instruct"
@@ -113,6 +114,9 @@ def gguf_to_dir(gguf: Path) -> Path:
     """Dequantise a GGUF model once into `<cache>/gguf/<sha256>/` (safetensors + config + tokenizer)."""
     require_ml("loading a GGUF model")
     target = cache_root() / "gguf" / file_digest(gguf)[:32]
+    if target.is_symlink():
+        raise ModelLoadError(f"the cache entry {target} is a symbolic link; qrmem neither reads nor writes "
+                             "through one: remove it (or set $QRMEM_CACHE to a directory of your own)")
     if (target / "config.json").is_file():
         return target
     from safetensors.torch import save_file
@@ -137,7 +141,7 @@ def gguf_to_dir(gguf: Path) -> Path:
     bar.set_postfix_str("saving safetensors")
     config = model.config.to_dict()
     config.pop("quantization_config", None)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         type(model.config).from_dict(config).save_pretrained(tmp)
@@ -170,6 +174,8 @@ def resolve(name_or_path: str | os.PathLike[str] | None) -> Source:
     if name_or_path is None:
         return Source(str(gguf_to_dir(embedded_gguf())), SMOLLM2_LABEL)
     text = os.fspath(name_or_path)
+    if not text.strip():
+        raise InputError("the model name or path is empty; give one, or pass None for the embedded model")
     path = Path(text).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -185,9 +191,11 @@ def resolve(name_or_path: str | os.PathLike[str] | None) -> Source:
 def pick_device(device: str | None) -> str:
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device.strip():
+        raise InputError("the device is empty; give cpu, cuda or cuda:N, or None to pick one")
+    return device
 
 
 def pick_dtype(dtype: str, device: str) -> Any:

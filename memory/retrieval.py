@@ -4,20 +4,20 @@ hybrid (reciprocal-rank fusion of both)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from store import ChunkRecord, InputError, Store
+from store.redact import get_logger
 
 from .embedders import Embedder
 from .filters import SearchFilter
 from .fusion import dense_scores, rrf, top_k
 from .lexical import BM25Index
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SEARCH_MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
 DEFAULT_RERANK_K = 20  # first-stage candidates the reranker sees (see README: QRRanker figures)

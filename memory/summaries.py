@@ -3,15 +3,15 @@ previous one plus the new session's summary (never re-reading the whole history)
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from store import Store, TurnRecord
 from store.errors import ConcurrentUpdateError, QrmemError
+from store.redact import get_logger
 
 from .generators import Generator
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SESSION_PROMPT = (
     "Summarize this conversation session in 2-3 sentences. Keep names, dates, places, plans and "

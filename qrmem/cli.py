@@ -25,40 +25,82 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="qrmem: long-term memory for chatbots. Store dialogue, search it, rerank it.")
 
-DbOpt = Annotated[str | None, typer.Option(
-    "--db", envvar="QRMEM_DB", help="SQLite file or SQLAlchemy URL [default: $QRMEM_DB or the user data dir]")]
-UserOpt = Annotated[str, typer.Option("--user", "-u", help="user (conversation owner) id")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-EmbedderOpt = Annotated[str | None, typer.Option(
-    "--embedder", help="sentence-transformers name/path or BACKEND:ARG (e.g. hashing:256) "
-                       "[default: the model already in the store, else the offline MiniLM]")]
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    """Print `error: MESSAGE` as one line (secrets redacted) and return the exit to raise."""
+    from store.redact import redact
+
+    typer.echo(f"error: {' '.join(redact(message).split())}", err=True)
     return typer.Exit(1)
 
 
+def _given(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    """Option callback: an option that is given must have a value; an empty or blank one is an
+    error, never the same as leaving the option out (`--session ''` must not mean every session)."""
+    if isinstance(value, str) and not value.strip():
+        raise _fail(f"{param.opts[0]} is empty; give a value, or leave the option out")
+    return value
+
+
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", envvar="QRMEM_DB", callback=_given,
+    help="SQLite file or SQLAlchemy URL [default: $QRMEM_DB or the user data dir]")]
+UserOpt = Annotated[str, typer.Option("--user", "-u", callback=_given, help="user (conversation owner) id")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+EmbedderOpt = Annotated[str | None, typer.Option(
+    "--embedder", callback=_given, help="sentence-transformers name/path or BACKEND:ARG (e.g. hashing:256) "
+                                        "[default: the store's own embedder, else the offline MiniLM]")]
+ConversationsOpt = Annotated[str | None, typer.Option(
+    "--conversations", callback=_given, help="only these groups/conversations (comma-separated)")]
+
+
 def handle_errors(fn: F) -> F:
-    """Turn qrmem's own errors into one line on stderr and exit status 1."""
+    """Turn every failure the user can cause into one `error:` line on stderr and exit status 1:
+    qrmem's own errors, and the system's (a file or disk problem, a database error, a request too
+    large for memory) where one reaches the command without a qrmem error around it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from store.db import describe_db_error
+        from store.files import os_advice
+
         try:
             return fn(*args, **kwargs)
         except QrmemError as exc:
             raise _fail(str(exc)) from None
+        except MemoryError:
+            raise _fail("out of memory: the request is too large for this machine; ask for less "
+                        "(a smaller embedder dimension, fewer candidates, a smaller model)") from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise _fail(f"{where}{os_advice(exc)}") from None
+        except SQLAlchemyError as exc:
+            raise _fail(f"database error: {describe_db_error(exc)}") from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def open_memory(db: str | None, embedder: str | None = None, chunker: str = "turn",
-                reranker=None, secure_delete: bool = False) -> Memory:
+                reranker=None, secure_delete: bool = False, secure_delete_wait: float = 5.0,
+                create: bool = True) -> Memory:
+    """The command's Memory. Reading commands pass `create=False`: a store that does not exist is
+    an error, not a new empty one. An in-memory SQLite database is refused: it would vanish with
+    the command, and the command would still report success."""
     from memory import Memory
+    from store import Store
+    from store.db import is_memory
 
-    return Memory(db, embedder=embedder, chunker=chunker, reranker=reranker, secure_delete=secure_delete)
+    store = Store(db, secure_delete=secure_delete, secure_delete_wait=secure_delete_wait, create=create)
+    if is_memory(store.url):
+        raise _fail(f"{store.safe_url} is an in-memory database: it would be gone when this command "
+                    "ends; pass a file path or a server URL (--db)")
+    if not create:
+        store.engine  # noqa: B018 -- a store that does not exist is refused now, before any prompt
+    return Memory(store, embedder=embedder, chunker=chunker, reranker=reranker)
 
 
 # -- option groups: declared once, added to each command that takes them ------------------------------
@@ -68,10 +110,10 @@ class ModelOptions:
     """Which causal LM the QR reranker runs, and where."""
 
     model: Annotated[str | None, typer.Option(
-        "--model", help="reranker LM: local dir, .gguf file or hub id [default: embedded SmolLM2]",
+        "--model", callback=_given, help="reranker LM: local dir, .gguf file or hub id [default: embedded SmolLM2]",
         rich_help_panel="Model")] = None
     device: Annotated[str | None, typer.Option(
-        "--device", help="cpu, cuda, cuda:1 ... [default: auto]", rich_help_panel="Model")] = None
+        "--device", callback=_given, help="cpu, cuda, cuda:1 ... [default: auto]", rich_help_panel="Model")] = None
     dtype: Annotated[str, typer.Option(
         "--dtype", help="auto, float32, bfloat16, float16", rich_help_panel="Model")] = "auto"
     trust_remote_code: Annotated[bool, typer.Option(
@@ -87,7 +129,7 @@ class HeadOptions:
     """Which QR heads score, and how."""
 
     heads: Annotated[str | None, typer.Option(
-        "--heads", help="QR heads as LAYER-HEAD,... or a head-file .json [default: the model's own]",
+        "--heads", callback=_given, help="QR heads as LAYER-HEAD,... or a head-file .json [default: the model's own]",
         rich_help_panel="QR heads")] = None
     calibrate: Annotated[bool | None, typer.Option(
         "--calibrate/--no-calibrate", help="null-query calibration [default: as the head list was chosen]",
@@ -102,12 +144,12 @@ class GeneratorOptions:
     """The chat model that answers and summarises."""
 
     generator: Annotated[str, typer.Option(
-        "--generator", help="transformers[:MODEL] (default: offline SmolLM2), openai:MODEL, or a plug-in's NAME[:ARG]",
+        "--generator", callback=_given, help="transformers[:MODEL] (default: offline SmolLM2), openai:MODEL, or a plug-in's NAME[:ARG]",
         rich_help_panel="Generator")] = "transformers"
     base_url: Annotated[str | None, typer.Option(
-        "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1", rich_help_panel="Generator")] = None
+        "--base-url", callback=_given, help="openai: server URL, e.g. http://127.0.0.1:8000/v1", rich_help_panel="Generator")] = None
     api_key_env: Annotated[str, typer.Option(
-        "--api-key-env", help="openai: environment variable holding the key",
+        "--api-key-env", callback=_given, help="openai: environment variable holding the key",
         rich_help_panel="Generator")] = "OPENAI_API_KEY"
 
     def load(self):
@@ -168,8 +210,12 @@ def _print_json(obj: Any) -> None:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
+    from store.redact import install
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # every log line is redacted, other libraries' too
+        install(handler)
 
 
 @app.command()
@@ -227,10 +273,11 @@ def search(
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
     --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker. --session,
     --after and --before keep only those sessions (undated sessions are left out by a date bound)."""
-    ranker = load_ranker(reranker, model, qr) if rerank else None
-    hits = open_memory(db, embedder, reranker=ranker).search(
-        user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k, session_ids=session,
-        after=after, before=before)
+    mem = open_memory(db, embedder, create=False)  # a missing store is refused before a model loads
+    if rerank:
+        mem = open_memory(db, embedder, reranker=load_ranker(reranker, model, qr), create=False)
+    hits = mem.search(user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k, session_ids=session,
+                      after=after, before=before)
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
@@ -251,20 +298,23 @@ def rank(
              "one per line; or QRRanker records {question, paragraphs: [{paragraph_text, title?}]}")],
     model: ModelOptions,
     qr: HeadOptions,
-    query: Annotated[str | None, typer.Option("--query", "-q", help="the query (not for records)")] = None,
+    query: Annotated[str | None, typer.Option("--query", "-q", callback=_given,
+                                              help="the query (not for records)")] = None,
     k: Annotated[int | None, typer.Option("--k", "-k", help="show only the best k")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rerank candidates for a query with QRRanker (listwise, one prompt)."""
     from memory.qr.records import read_rank_input
 
+    if k is not None and k < 1:
+        raise _fail(f"--k must be at least 1, got {k}; leave it out to show every candidate")
     jobs = read_rank_input(file, query)
     ranker = load_ranker("qr", model, qr)
     out = []
     for job in jobs:
         ranked = ranker.rank(job.query, job.texts, contexts=job.contexts, summary=job.summary)
         rows = [{"rank": r.rank, "index": r.index, "score": r.score, "text": r.text}
-                for r in ranked.top_k(k or len(ranked))]
+                for r in ranked.top_k(len(ranked) if k is None else k)]
         out.append({"id": job.id, "query": job.query, "results": rows})
     if as_json:
         _print_json(out if len(out) > 1 or out[0]["id"] is not None else out[0]["results"])
@@ -278,12 +328,7 @@ def rank(
 RerankKOpt = Annotated[int, typer.Option(
     "--rerank-k", "--k", help="first-stage candidates per question (the reranker's shortlist)")]
 SeedDbOpt = Annotated[str | None, typer.Option(
-    "--db", help="LoCoMo: store to ingest into [default: a temp file]")]
-GroupsOpt = Annotated[str | None, typer.Option(help="only these groups/conversations (comma-separated)")]
-
-
-def _split(text: str | None) -> list[str] | None:
-    return text.split(",") if text is not None else None
+    "--db", callback=_given, help="LoCoMo: store to ingest into [default: a temp file]")]
 
 
 heads_app = typer.Typer(no_args_is_help=True, help="Find the QR heads of a causal LM.")
@@ -301,19 +346,22 @@ def heads_detect(
     limit: Annotated[int, typer.Option("--limit", help="seed queries to use (with a gold candidate)")] = 64,
     top: Annotated[int, typer.Option("--top", help="heads to keep")] = 16,
     rerank_k: RerankKOpt = DEFAULT_RERANK_K,
-    conversations: GroupsOpt = None,
+    conversations: ConversationsOpt = None,
     db: SeedDbOpt = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing head file")] = False,
 ) -> None:
     """Score every (layer, head) on seed queries and write the best as a head list."""
-    from agent.locomo import load_records
-    from memory.qr.detect import detect_heads, write
+    from agent.locomo import load_records, parse_conversations
+    from memory.qr.detect import check_method, check_outputs, detect_heads, write
 
-    records = load_records(data, rerank_k=rerank_k, db=db, conversations=_split(conversations))
+    check_method(method)  # both before the work, not after it
+    check_outputs(out, force=force)
+    records = load_records(data, rerank_k=rerank_k, db=db, conversations=parse_conversations(conversations))
     det = detect_heads(records, model=model.model, method=method, top=top, limit=limit, seed=seed,
                        progress=sys.stderr.isatty(), meta={"seed_data": data.name, "rerank_k": rerank_k},
                        **model.load_options())
-    head_file, png = write(det, out)
+    head_file, png = write(det, out, force=force)
     typer.echo(f"{len(det.heads)} heads by {method} on {det.queries} queries: {', '.join(map(str, det.heads))}")
     typer.echo(f"top-{top} overlap across random halves of the queries: {det.stability:.2f}")
     typer.echo(f"wrote {head_file} and {png}")
@@ -329,7 +377,7 @@ def train(
     model: ModelOptions,
     qr: HeadOptions,
     val_conversations: Annotated[str | None, typer.Option(
-        help="validation groups/conversations (comma-separated) [default: a third, by seed]")] = None,
+        callback=_given, help="validation groups/conversations (comma-separated) [default: a third, by seed]")] = None,
     limit: Annotated[int | None, typer.Option(help="at most this many training queries")] = None,
     val_limit: Annotated[int | None, typer.Option(help="at most this many validation queries")] = None,
     rerank_k: RerankKOpt = DEFAULT_RERANK_K,
@@ -351,7 +399,7 @@ def train(
     Splits by conversation, never by question; validates each epoch; checkpoints every optimizer
     step (resume with --resume); writes a directory that `QRRanker.load(DIR)` and --model accept.
     """
-    from agent.locomo import load_records
+    from agent.locomo import load_records, parse_conversations
     from memory.qr.data import split_and_sample
     from memory.qr.train import TrainConfig, train_heads
 
@@ -359,7 +407,7 @@ def train(
                       lora_alpha=2 * lora_r, layers_from=layers_from, temperature=temperature,
                       max_steps=max_steps, seed=seed, gradient_checkpointing=gradient_checkpointing)
     records = load_records(data, rerank_k=rerank_k, db=db)
-    train_recs, val_recs = split_and_sample(records, _split(val_conversations), limit=limit,
+    train_recs, val_recs = split_and_sample(records, parse_conversations(val_conversations), limit=limit,
                                             val_limit=val_limit, seed=seed)
     typer.echo(f"training on {len(train_recs)} queries ({len({r.split_key for r in train_recs})} groups), "
                f"validating on {len(val_recs)} ({', '.join(sorted({r.split_key for r in val_recs}))})")
@@ -384,7 +432,7 @@ def summarize(
     """Compute the missing session summaries of a user in order, rolling the conversation summary."""
     from memory import Summarizer
 
-    mem = open_memory(db)
+    mem = open_memory(db, create=False)
     mem.summarizer = Summarizer(gen.load())
     n = mem.summarize(user, redo=redo)
     conv = next((s for s in mem.summaries(user) if s.kind == "conversation"), None)
@@ -405,14 +453,18 @@ def chat(
     summarize: Annotated[bool, typer.Option("--summarize/--no-summarize", help="roll summaries at the end")] = True,
 ) -> None:
     """Chat with persistent memory: each exchange is stored; memory carries over between runs.
-    Type /end (or Ctrl-D) to close the session."""
+    Type /end (or Ctrl-D) to close the session. A message that could not be stored (too long, a
+    NUL character, not UTF-8) is refused with its reason before anything is sent, and the chat
+    goes on."""
     from agent import MemoryAgent
-    from memory import Summarizer
+    from memory import GenerationError, Summarizer
 
     generator = gen.load()
     mem = open_memory(db)
     mem.summarizer = Summarizer(generator) if summarize else None
     agent = MemoryAgent(mem, generator, top_n=top_n, rerank=rerank)
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 refuse one line, not the chat
+        sys.stdin.reconfigure(errors="surrogateescape")
     typer.echo(f"memory: {mem.store.safe_url}, user {user!r}; /end to finish")
     try:
         while True:
@@ -424,13 +476,26 @@ def chat(
                 break
             if not message:
                 continue
-            answer = agent.chat(user, message)
+            try:
+                answer = agent.chat(user, message)
+            except InputError as exc:
+                reason = "the line is not valid UTF-8" if _has_surrogates(message) else str(exc)
+                typer.echo(" ".join(f"refused: {reason}; nothing was sent or stored".split()), err=True)
+                continue
+            except GenerationError as exc:
+                typer.echo(f"error: {' '.join(str(exc).split())}; this message was not stored, "
+                           "send it again or /end", err=True)
+                continue
             cited = ", ".join(answer.turn_ids) or "no memories"
             typer.echo(f"bot> {answer.text}\n     (memories: {cited})")
     finally:
-        session = agent.end_session(user)
+        session = agent.end_session(user)  # None unless an exchange was stored
         if session:
             typer.echo(f"saved session {session}")
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate qrmem end to end.")
@@ -443,22 +508,24 @@ app.add_typer(eval_app, name="eval")
 def eval_locomo(
     gen: GeneratorOptions,
     data: Annotated[Path | None, typer.Option(help="locomo10.json-style file [default: the tiny conversation shipped with qrmem]")] = None,
-    conversations: Annotated[str | None, typer.Option(help="sample ids, comma-separated")] = None,
+    conversations: ConversationsOpt = None,
     limit: Annotated[int | None, typer.Option(help="questions in all")] = None,
     out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/locomo"),
     rerank_k: RerankKOpt = DEFAULT_RERANK_K,
     top_n: Annotated[int, typer.Option("--top-n", help="chunks given to the generator")] = 3,
     reranker: Annotated[str, typer.Option(help="qr, qr:PATH, a plug-in's NAME[:ARG], or none")] = "qr",
     summaries: Annotated[bool, typer.Option("--summaries", help="roll summaries, give them to the reranker")] = False,
-    categories: Annotated[str | None, typer.Option(help="question categories, e.g. 1,2,3,4 [default: all]")] = None,
+    categories: Annotated[str | None, typer.Option(
+        callback=_given, help="question categories, e.g. 1,2,3,4 [default: all]")] = None,
     no_answer: Annotated[bool, typer.Option("--no-answer", help="retrieval only: skip the generator, no F1")] = False,
     download: Annotated[bool, typer.Option("--download", help="fetch the public locomo10.json (needs network)")] = False,
 ) -> None:
     """Ingest LoCoMo conversations session by session, answer every question from memory, score it."""
     from agent.evaluation import build_and_run, parse_categories, report
+    from agent.locomo import parse_conversations
 
     summary = build_and_run(out=out, data=data, limit=limit, rerank_k=rerank_k, top_n=top_n,
-                            conversations=_split(conversations), reranker=reranker,
+                            conversations=parse_conversations(conversations), reranker=reranker,
                             generator=gen.generator, base_url=gen.base_url, api_key_env=gen.api_key_env,
                             summaries=summaries, download_public=download, progress=sys.stderr.isatty(),
                             categories=parse_categories(categories), answer=not no_answer)
@@ -470,7 +537,7 @@ def eval_locomo(
 @handle_errors
 def sessions(user: UserOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List a user's sessions in conversation order."""
-    rows = open_memory(db).sessions(user)
+    rows = open_memory(db, create=False).sessions(user)
     if as_json:
         _print_json([{"session_id": s.session_id, "date": s.date, "position": s.position,
                       "turns": s.turns, "chunks": s.chunks} for s in rows])
@@ -484,20 +551,27 @@ def sessions(user: UserOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
 def delete(
     user: UserOpt,
     db: DbOpt = None,
-    session: Annotated[str | None, typer.Option(help="delete only this session")] = None,
+    session: Annotated[str | None, typer.Option(
+        callback=_given, help="delete only this session [default: the whole user]")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
     secure: Annotated[bool, typer.Option("--secure", help="SQLite: overwrite the deleted content and "
                                                            "truncate the write-ahead log")] = False,
+    secure_wait: Annotated[float, typer.Option(
+        "--secure-wait", metavar="SECONDS", help="--secure: wait at most this long for other "
+                                                 "connections' reads before leaving the log as it is")] = 5.0,
 ) -> None:
     """Delete a session, or a whole user, with all their turns, chunks, embeddings and summaries.
     Deleting a session rolls the conversation summary back to before it (`qrmem summarize` rolls
     the later sessions in again)."""
-    what = f"session {session!r} of user {user!r}" if session else f"user {user!r} and all their memory"
+    whole_user = session is None  # only the absence of --session means the whole user
+    what = f"user {user!r} and all their memory" if whole_user else f"session {session!r} of user {user!r}"
+    mem = open_memory(db, secure_delete=secure, secure_delete_wait=secure_wait, create=False)
     if not yes and not typer.confirm(f"Delete {what}?", default=False):
         raise _fail("nothing deleted")
-    mem = open_memory(db, secure_delete=secure)
-    result = mem.delete_session(user, session) if session else mem.delete_user(user)
+    result = mem.delete_user(user) if whole_user else mem.delete_session(user, session)  # type: ignore[arg-type]
     typer.echo(f"deleted {what}: {result.turns} turns, {result.chunks} chunks, {result.summaries} summaries")
+    if result.remaining:
+        typer.echo(f"warning: {result.remaining}", err=True)
     if result.needs_resummarize:
         typer.echo(f"the conversation summary was rolled back; run `qrmem summarize --user {user}` "
                    "to roll the later sessions in again")
@@ -509,13 +583,17 @@ def export(
     user: UserOpt,
     db: DbOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="file to write (mode 0600)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out file")] = False,
 ) -> None:
-    """Export a user's memory as qrmem JSON (to stdout, or to --out readable by the owner only)."""
-    mem = open_memory(db)
+    """Export a user's memory as qrmem JSON (to stdout, or to --out readable by the owner only).
+
+    --out is written to a new file renamed into place: a symlink, a directory, the store's own
+    files and (without --force) an existing file are refused."""
+    mem = open_memory(db, create=False)
     if out is None:
         _print_json(mem.export_user(user))
     else:
-        mem.export_to(user, out)
+        mem.export_to(user, out, force=force)
         typer.echo(f"wrote {out}")
 
 
@@ -556,9 +634,7 @@ def reindex(
 def check(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Integrity check: database checks, orphans, half-written sessions, embeddings vs chunks.
     Exits 1 when anything is damaged."""
-    from store import Store
-
-    report = Store(db).check()
+    report = open_memory(db, create=False).store.check()
     if as_json:
         _print_json({"ok": report.ok, "counts": report.counts.as_dict(), "problems": report.problems,
                      "warnings": report.warnings, "checks": report.checks})
@@ -578,7 +654,7 @@ def check(db: DbOpt = None, as_json: JsonOpt = False) -> None:
 @handle_errors
 def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Counts of users, sessions, turns, chunks, embeddings and summaries; embedding models."""
-    data = open_memory(db).info()
+    data = open_memory(db, create=False).info()
     counts = {k: data[k] for k in ("users", "sessions", "turns", "chunks", "embeddings", "summaries")}
     if as_json:
         _print_json(counts)

@@ -5,9 +5,15 @@ Errors about models (loading, missing optional dependencies, generation) live wi
 
 from __future__ import annotations
 
+from .redact import redact
+
 
 class QrmemError(Exception):
-    """Base class of every error qrmem raises on purpose."""
+    """Base class of every error qrmem raises on purpose. The message is redacted when the error is
+    made (passwords, API keys, URL credentials: see `store.redact`), so no handler can leak them."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class InputError(QrmemError):
@@ -15,7 +21,7 @@ class InputError(QrmemError):
 
     def __init__(self, message: str, *, source: str | None = None, record: str | None = None,
                  field: str | None = None) -> None:
-        self.source, self.record, self.field, self.reason = source, record, field, message
+        self.source, self.record, self.field, self.reason = source, record, field, redact(message)
         where = ", ".join(
             f"{label} {value}" for label, value in (("record", record), ("field", field)) if value
         )
@@ -45,6 +51,11 @@ class SessionConflictError(QrmemError):
 
 class NotFoundError(QrmemError):
     """A user or session does not exist."""
+
+
+class OutputError(QrmemError):
+    """A file could not be written where asked: the path is refused (exists, a symlink, the store
+    itself, not a regular file) or the system refused the write (no space, no permission)."""
 
 
 class ConcurrentUpdateError(QrmemError):

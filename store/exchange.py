@@ -8,7 +8,6 @@ store already holds is kept as it is: importing your own export changes nothing.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConcurrentUpdateError, InputError
 from .formats import check_unique, parse_user_record
 from .jsonio import read_json_file
+from .redact import get_logger
 from .types import SessionIn, SummaryIn
 
 if TYPE_CHECKING:
     from .store import Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

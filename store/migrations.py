@@ -7,7 +7,6 @@ that `m001_initial` creates, freeze the initial table definitions here first.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,8 +15,9 @@ from sqlalchemy import Connection, Engine, inspect, select, text
 
 from . import schema
 from .errors import StoreError
+from .redact import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Migration = Callable[[Connection], None]
 MIGRATIONS: list[tuple[str, Migration]] = []

@@ -13,15 +13,15 @@ Entry points are read once, on the first lookup, so importing qrmem stays cheap.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 from .errors import InputError
+from .redact import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 Factory = Callable[..., T]
@@ -73,8 +73,10 @@ class Registry(Generic[T]):
         if not isinstance(spec, str) or not spec:
             raise InputError(f"a {self.kind} is named by a non-empty string NAME[:ARG], got {spec!r}")
         self._load_plugins()
-        name, _, arg = spec.partition(":")
+        name, sep, arg = spec.partition(":")
         factory = self._factories.get(name)
+        if factory is not None and sep and not arg:
+            raise InputError(f"bad {self.kind} {spec!r}: nothing after the colon; write {name!r} for the defaults")
         if factory is None:
             if self.fallback is not None:
                 return self.fallback(spec, **options)

@@ -7,24 +7,33 @@ any process can tell that their copy is stale.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Connection, Engine, delete, func, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import Connection, Engine, delete, func, inspect, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import schema as t
 from . import versions
 from .check import find_problems
-from .db import SQLITE_BUSY_TIMEOUT_MS, create_store_engine, is_sqlite, resolve_url
+from .db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    create_store_engine,
+    is_sqlite,
+    resolve_url,
+    safe_url,
+    sqlite_file,
+)
 from .dberrors import store_error
 from .errors import (
     DamagedStoreError,
@@ -34,6 +43,7 @@ from .errors import (
     StoreError,
 )
 from .migrations import migrate
+from .redact import get_logger, remember
 from .types import (
     AddResult,
     CheckReport,
@@ -50,11 +60,12 @@ from .types import (
     default_turn_id,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EXPORT_FORMAT = "qrmem.v1"
 EMBEDDER_SETTING = "embedder"  # the embedding model whose vectors the store keeps for every chunk
 WRITE_ATTEMPTS = 5  # a write transaction is retried on lock timeouts, deadlocks and insert races
+SECURE_DELETE_WAIT = 5.0  # seconds a secure delete waits for readers before leaving the WAL as it is
 T = TypeVar("T")
 # PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock, lock not available.
 _RETRY_SQLSTATES = {"40001", "40P01", "55P03"}
@@ -70,17 +81,31 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _has_store(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return inspect(conn).has_table("schema_migrations")
+
+
 class Store:
     """A qrmem store on any SQLAlchemy URL or SQLite file path (None: `$QRMEM_DB` or the data dir).
 
     `secure_delete` (SQLite): deleted content is overwritten with zeros and the write-ahead log is
-    truncated after each deletion, so removed conversations do not linger in the file.
+    truncated after each deletion, so removed conversations do not linger in the file; the
+    truncation waits at most `secure_delete_wait` seconds for other connections' read transactions.
+    `create=False` refuses a store that does not exist yet instead of creating an empty one (what
+    reading commands use, so that a mistyped path is an error).
     """
 
-    def __init__(self, db: str | os.PathLike[str] | None = None, *, secure_delete: bool = False) -> None:
+    def __init__(self, db: str | os.PathLike[str] | None = None, *, secure_delete: bool = False,
+                 secure_delete_wait: float = SECURE_DELETE_WAIT, create: bool = True) -> None:
         self.url = resolve_url(db)
         self.secure_delete = secure_delete
+        if not isinstance(secure_delete_wait, int | float) or not 0 <= secure_delete_wait <= 3600:
+            raise InputError(f"secure_delete_wait must be 0 to 3600 seconds, got {secure_delete_wait!r}")
+        self.secure_delete_wait = float(secure_delete_wait)
+        self.create = create
         self._engine: Engine | None = None
+        remember(make_url(self.url).password if "://" in self.url else None)  # masked in every message
 
     # -- connection ---------------------------------------------------------------------------------
 
@@ -88,13 +113,19 @@ class Store:
     def engine(self) -> Engine:
         """The engine, created and migrated on first use."""
         if self._engine is None:
+            path = sqlite_file(self.url)
+            if not self.create and path is not None and not path.exists():
+                raise StoreError(f"no store at {path}; run `qrmem ingest` first, or check --db / $QRMEM_DB")
             engine = create_store_engine(self.url, secure_delete=self.secure_delete)
             try:
+                if not self.create and not _has_store(engine):
+                    raise StoreError(f"no qrmem store in {self.safe_url}; run `qrmem ingest` first, "
+                                     "or check --db / $QRMEM_DB")
                 migrate(engine)
-            except (OperationalError, DBAPIError) as exc:
+            except DBAPIError as exc:
                 engine.dispose()
                 raise store_error(exc, self.safe_url, opening=True) from None
-            except StoreError:
+            except BaseException:
                 engine.dispose()
                 raise
             self._engine = engine
@@ -102,9 +133,15 @@ class Store:
 
     @property
     def safe_url(self) -> str:
-        from sqlalchemy.engine import make_url
+        return safe_url(self.url)
 
-        return make_url(self.url).render_as_string(hide_password=True)
+    def files(self) -> list[Path]:
+        """The files a SQLite store lives in (database, -wal, -shm, -journal); [] otherwise. Nothing
+        qrmem writes may land on one of them (see `store.files.write_private(refuse=...)`)."""
+        path = sqlite_file(self.url)
+        if path is None:
+            return []
+        return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
 
     def close(self) -> None:
         if self._engine is not None:
@@ -367,9 +404,7 @@ class Store:
             return DeleteResult(user_id, session_id, int(turns), int(chunks), int(n_summaries) + stale,
                                 fresh, needs)
 
-        result = self._write_txn(write)
-        self._after_delete()
-        return result
+        return self._after_delete(self._write_txn(write))
 
     def delete_user(self, user_id: str) -> DeleteResult:
         """Delete a user and everything stored for them."""
@@ -383,24 +418,39 @@ class Store:
             conn.execute(delete(t.users).where(t.users.c.id == pk))
             return DeleteResult(user_id, None, int(turns or 0), int(chunks or 0), int(n_summaries or 0))
 
-        result = self._write_txn(write)
-        self._after_delete()
-        return result
+        return self._after_delete(self._write_txn(write))
 
-    def _after_delete(self) -> None:
-        if self.secure_delete and is_sqlite(self.url):
-            # Deleted pages were zeroed in the database file; copies of them may still sit in the
-            # write-ahead log until a checkpoint, so checkpoint and truncate it now.
-            for attempt in range(20):
-                with self.engine.connect() as conn:
+    def _after_delete(self, result: DeleteResult) -> DeleteResult:
+        """With `secure_delete` on SQLite: the deleted pages were zeroed in the database file, but
+        copies of them may sit in the write-ahead log until a checkpoint, so checkpoint and truncate
+        it now. Another connection's read transaction blocks that; wait for it at most
+        `secure_delete_wait` seconds (short busy timeouts, never the 30 s one), then report what
+        remains where in `result.remaining` (and a warning)."""
+        if not (self.secure_delete and is_sqlite(self.url)):
+            return result
+        deadline = time.monotonic() + self.secure_delete_wait
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA busy_timeout = 200")  # each try waits at most 0.2 s
+            try:
+                while True:
                     busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()[0]
                     conn.commit()
-                if not busy:
-                    return
-                time.sleep(0.05 * (attempt + 1))
-            log.warning("secure delete: other connections kept the write-ahead log busy; copies of "
-                        "the deleted content stay in %s-wal until they close and a checkpoint runs",
-                        self.url.removeprefix("sqlite:///"))
+                    if not busy:
+                        return result
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.05)
+            finally:
+                conn.exec_driver_sql("PRAGMA busy_timeout = 30000")  # = SQLITE_BUSY_TIMEOUT_MS
+                conn.commit()
+        path = sqlite_file(self.url)
+        remaining = (f"other connections kept a read transaction open for {self.secure_delete_wait:g} s, so "
+                     f"the write-ahead log was not truncated: the deleted content is zeroed in {path}, but "
+                     f"copies of it may remain in {path}-wal until those connections close; then run "
+                     f"sqlite3 {path} 'PRAGMA wal_checkpoint(TRUNCATE)' (the next `qrmem delete --secure` "
+                     "does it too)")
+        log.info("secure delete: %s", remaining)  # the caller reports it (DeleteResult.remaining)
+        return replace(result, remaining=remaining)
 
     # -- chunks and embeddings ------------------------------------------------------------------------
 
@@ -550,7 +600,8 @@ class Store:
 
         def write(conn: Connection) -> int:
             user_pk = self._require_user(conn, user_id, lock=True)
-            session_pk = self._require_session(conn, user_id, session_id, user_pk) if session_id else None
+            session_pk = (None if session_id is None  # "" is a bad id, never "no session"
+                          else self._require_session(conn, user_id, session_id, user_pk))
             version = versions.append(conn, user_pk, session_pk, kind, text, model=model, meta=meta,
                                       if_version=if_version, now=now, who=f"user {user_id!r}")
             self._bump(conn, user_pk)

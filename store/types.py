@@ -395,6 +395,7 @@ class DeleteResult:
     summaries: int
     conversation_rolled_back_to: int | None = None  # fresh version holding the rolled-back summary
     needs_resummarize: bool = False  # later sessions must be rolled into the conversation again
+    remaining: str | None = None  # secure delete: what may still hold the deleted content, and how to finish
 
 
 @dataclass(frozen=True)

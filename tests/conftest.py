@@ -51,19 +51,19 @@ def new_pg_database(pg_admin) -> tuple[str, str]:
     """A fresh empty database on the test server: (URL, name)."""
     import uuid
 
-    import sqlalchemy as sa
+    from store.admin import CreateDatabase
 
     name = f"qrmem_t_{uuid.uuid4().hex[:12]}"
     with pg_admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # test-only, name made here
+        conn.execute(CreateDatabase(name))  # the name is quoted by the dialect
     return pg_admin.url.set(database=name).render_as_string(hide_password=False), name
 
 
 def drop_pg_database(pg_admin, name: str) -> None:
-    import sqlalchemy as sa
+    from store.admin import DropDatabase
 
     with pg_admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(DropDatabase(name))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

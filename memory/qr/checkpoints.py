@@ -7,14 +7,18 @@ No pickle anywhere. Both the loader (`QRRanker.load`) and the trainer use this m
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.errors import InputError
+from store.errors import InputError, OutputError
+from store.files import write_private
 
 from .loading import RANKER_FILE
 
@@ -59,16 +63,19 @@ def state_tensors(ranker: Any, cfg: TrainConfig) -> dict[str, Any]:
 
 def save_model_dir(ranker: Any, cfg: TrainConfig, out: Path, base: str | None,
                    metrics: dict[str, Any]) -> None:
-    """A directory `QRRanker.load(out)` accepts: the trained tensors + a manifest + the heads."""
-    from safetensors.torch import save_file
+    """A directory `QRRanker.load(out)` accepts: the trained tensors + a manifest + the heads.
+    Each file is written to a new file renamed into place (never through a symlink)."""
+    from safetensors.torch import save
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state_tensors(ranker, cfg), str(out / ATTN_FILE), metadata={"format": "pt"})
+    write_private(out / ATTN_FILE, save(state_tensors(ranker, cfg), metadata={"format": "pt"}),
+                  force=True, mode=0o644, what="model")
     manifest = {"format": MANIFEST_FORMAT, "base": base, "heads": [str(h) for h in ranker.heads],
                 "scoring": {"calibrate": ranker.config.calibrate, "mask_outliers": ranker.config.mask_outliers},
                 "n_layers": len(ranker.model.layers), "train": cfg.model_dump(),
                 "trained_layers": list(ranker.trained_layers), "metrics": metrics}
-    (out / RANKER_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_private(out / RANKER_FILE, json.dumps(manifest, indent=1) + "\n", force=True, mode=0o644,
+                  what="model")
 
 
 def apply_trained(model: Any, directory: Path, manifest: dict[str, Any]) -> None:
@@ -106,13 +113,17 @@ def _merge_lora(model: Any) -> None:
 
 
 def save_checkpoint(ranker: Any, cfg: TrainConfig, opt: Any, out: Path, state: dict[str, Any]) -> None:
-    """Trainable tensors, AdamW moments and loop state; safetensors + JSON, no pickle."""
-    from safetensors.torch import save_file
+    """Trainable tensors, AdamW moments and loop state; safetensors + JSON, no pickle. Written into
+    a new private directory, then swapped with the old checkpoint by renames (never through a
+    symlink), so a crash leaves a whole checkpoint or none."""
+    from safetensors.torch import save
 
     ck = out / CHECKPOINT
-    tmp = out / (CHECKPOINT + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(state_tensors(ranker, cfg), str(tmp / "params.safetensors"))
+    if ck.is_symlink():
+        raise OutputError(f"{ck} is a symbolic link; qrmem never writes through one (remove it)")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{CHECKPOINT}-"))
+    write_private(tmp / "params.safetensors", save(state_tensors(ranker, cfg)))
     names = {id(p): n for n, p in ranker.model.named_parameters() if p.requires_grad}
     moments, steps = {}, {}
     for p, st in opt.state.items():
@@ -121,11 +132,13 @@ def save_checkpoint(ranker: Any, cfg: TrainConfig, opt: Any, out: Path, state: d
         moments[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
         steps[n] = float(st["step"])
     if moments:
-        save_file(moments, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "adam_steps": steps}))
+        write_private(tmp / "optimizer.safetensors", save(moments))
+    write_private(tmp / "state.json", json.dumps({**state, "adam_steps": steps}))
+    old = out / f".{CHECKPOINT}-old-{secrets.token_hex(4)}"
     if ck.exists():
-        shutil.rmtree(ck)
-    tmp.rename(ck)
+        os.rename(ck, old)
+    os.rename(tmp, ck)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(ranker: Any, opt: Any, out: Path) -> dict[str, Any]:

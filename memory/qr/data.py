@@ -128,7 +128,7 @@ def sample(records: Sequence[Record], limit: int | None, seed: int = 0,
 def card_records(data: Any, source: str, *, groups: Sequence[str] | None = None) -> list[Record]:
     """QRRanker-card records from parsed JSON (a list, or one record), only those of `groups` if given."""
     records = parse_records(data if isinstance(data, list) else [data], source)
-    if groups:
+    if groups is not None:
         wanted = set(groups)
         records = [r for r in records if r.split_key in wanted]
     return records

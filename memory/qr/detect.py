@@ -7,6 +7,7 @@ Reuses `QRRanker.head_scores` (the same code path as ranking). Methods:
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,11 +17,17 @@ from typing import Any
 import numpy as np
 
 from store.errors import InputError
+from store.files import check_target, write_private
 
 from ..metrics import ndcg_from_scores
 from .heads import Head
 
 METHODS = ("qr", "core")
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {list(METHODS)}")
 
 
 def head_quality(per_query: Sequence[np.ndarray], gold: Sequence[Sequence[bool]], method: str = "qr",
@@ -112,8 +119,7 @@ class Detection:
 def detect(ranker: Any, records: Sequence[Any], *, method: str = "qr", top: int = 16, subsets: int = 5,
            seed: int = 0, progress: bool = False, meta: dict[str, Any] | None = None) -> Detection:
     """Score every head of `ranker` (load it with `all_layers=True`) on `records`; keep the best `top`."""
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    check_method(method)
     per_query, gold = collect(ranker, records, progress)
     usable = sum(any(g) for g in gold)
     if usable == 0:
@@ -133,8 +139,7 @@ def detect_heads(records: Sequence[Any], *, model: str | None = None, method: st
     from .data import sample
     from .ranker import QRRanker
 
-    if method not in METHODS:  # before the model loads
-        raise InputError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    check_method(method)  # before the model loads
     records = sample(records, limit, seed)
     ranker = QRRanker.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                            all_layers=True)
@@ -143,18 +148,32 @@ def detect_heads(records: Sequence[Any], *, model: str | None = None, method: st
     return detect(ranker, records, method=method, top=top, seed=seed, progress=progress, meta=meta)
 
 
-def write(det: Detection, out: str | Path) -> tuple[Path, Path]:
-    """The head file (JSON) and a layer x head heatmap PNG beside it."""
+def check_outputs(out: str | Path, *, force: bool = False) -> tuple[Path, Path]:
+    """The head file and its heatmap's paths, refused now (before any work) if `write` would refuse
+    them: an existing file without `force`, a symlink, a directory (see `store.files`)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(det.to_json(), indent=1) + "\n")
     png = out.with_suffix(".png")
-    heatmap(det.quality[det.method], det.heads, png,
-            f"{det.model}: {det.method} head scores ({det.queries} queries)")
+    if png == out:
+        raise InputError(f"{out}: --out names the head file (.json); its .png heatmap is written beside it")
+    if out.parent.is_dir():  # a missing directory is created by `write`
+        for path in (out, png):
+            check_target(path, force=force, what="head file")
     return out, png
 
 
-def heatmap(quality: np.ndarray, heads: Sequence[Head], path: Path, title: str) -> None:
+def write(det: Detection, out: str | Path, *, force: bool = False) -> tuple[Path, Path]:
+    """The head file (JSON) and a layer x head heatmap PNG beside it, each written to a new file
+    renamed into place (an existing one is replaced only with `force`; never through a symlink)."""
+    out, png = check_outputs(out, force=force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_private(out, json.dumps(det.to_json(), indent=1) + "\n", force=force, mode=0o644, what="head file")
+    heatmap(det.quality[det.method], det.heads, png,
+            f"{det.model}: {det.method} head scores ({det.queries} queries)", force=force)
+    return out, png
+
+
+def heatmap(quality: np.ndarray, heads: Sequence[Head], path: Path, title: str, *,
+            force: bool = True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,5 +190,7 @@ def heatmap(quality: np.ndarray, heads: Sequence[Head], path: Path, title: str) 
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), fontsize=7, frameon=False)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    write_private(path, buf.getvalue(), force=force, mode=0o644, what="heatmap")

@@ -4,15 +4,15 @@ layer that holds a selected head, with heads and trained weights found beside it
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from store.errors import InputError
+from store.redact import get_logger
 
 from ..errors import ModelLoadError
 from ..models import Source, quiet_loading, require_ml
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 HEADS_IN_DIR = "qrmem_heads.json"
 RANKER_FILE = "qrmem_ranker.json"  # the manifest of a directory written by `qrmem train`

@@ -8,7 +8,6 @@ attention of the query rows; for calibration the cache is cut back to the prefix
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from store.errors import InputError
+from store.redact import get_logger
 
 from ..ranking import Reranker, validate
 from .checkpoints import apply_trained
@@ -32,7 +32,7 @@ from .heads import (
 )
 from .prompt import NULL_QUERY, PromptLayout, build_layout, chat_opening
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class QRConfig(BaseModel):

@@ -14,7 +14,6 @@ A run writes a model directory that `QRRanker.load(DIR)` accepts, with checkpoin
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -26,9 +25,12 @@ from typing import Any
 import numpy as np
 
 from store.errors import InputError
+from store.files import check_target
+from store.redact import get_logger
 
 from ..metrics import ndcg_from_scores, recall_from_scores
 from .checkpoints import (
+    ATTN_FILE,
     CHECKPOINT,
     TrainConfig,
     load_checkpoint,
@@ -37,8 +39,9 @@ from .checkpoints import (
     save_model_dir,
 )
 from .data import Record
+from .loading import RANKER_FILE
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 @dataclass
 class EpochReport:
@@ -119,6 +122,9 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
     from .ranker import full_pass_head_scores
 
     out = Path(out)
+    if out.is_dir():  # refuse a symlinked output file now, not after the training
+        for name in (ATTN_FILE, RANKER_FILE):
+            check_target(out / name, force=True, what="model")
     usable = [r for r in train_records if any(r.gold) and not all(r.gold)]
     if not usable:
         raise InputError("no training record has both gold and non-gold candidates")
