@@ -108,11 +108,13 @@ class SearchFilter:
         return day is not None and (self.after is None or day >= self.after) and (
             self.before is None or day <= self.before)
 
-    def mask(self, chunks: Sequence[ChunkRecord]) -> np.ndarray:
-        """(N,) bool: which chunks pass (each distinct session judged once)."""
+    def mask(self, chunks: Sequence[ChunkRecord | None]) -> np.ndarray:
+        """(N,) bool: which chunks pass (each distinct session judged once; None never passes)."""
         seen: dict[tuple[str, str | None], bool] = {}
         out = np.zeros(len(chunks), dtype=bool)
         for i, c in enumerate(chunks):
+            if c is None:
+                continue
             key = (c.session_id, c.session_date)
             if key not in seen:
                 seen[key] = self.allows(*key)

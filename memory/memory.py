@@ -42,7 +42,14 @@ from .embedders import Embedder, load_embedder, load_stored_embedder
 from .filters import SearchFilter
 from .ranking import Reranker
 from .rerankers import load_reranker
-from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, Retriever, index_text
+from .retrieval import (
+    DEFAULT_INDEX_BYTES,
+    DEFAULT_RERANK_K,
+    SEARCH_MODES,
+    IndexCache,
+    Retriever,
+    index_text,
+)
 from .summaries import Summarizer, catch_up
 from .types import IngestReport, ReindexReport, SearchHit
 
@@ -68,7 +75,7 @@ class Memory:
                  summarizer: Summarizer | None = None,
                  rerank_context: Literal["date", "summary", "none"] = "date",
                  secure_delete: bool = False, secure_delete_wait: float = SECURE_DELETE_WAIT,
-                 create: bool = True) -> None:
+                 create: bool = True, index_cache_bytes: int = DEFAULT_INDEX_BYTES) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(
@@ -86,7 +93,7 @@ class Memory:
         if rerank_context not in ("date", "summary", "none"):
             raise InputError(f"rerank_context must be date, summary or none, got {rerank_context!r}")
         self.rerank_context = rerank_context
-        self.retriever = Retriever(self.store, lambda: self.embedder, rrf_k)
+        self.retriever = Retriever(self.store, lambda: self.embedder, rrf_k, IndexCache(index_cache_bytes))
 
     @property
     def rrf_k(self) -> int:
@@ -178,7 +185,6 @@ class Memory:
                         "the same command again (stored sessions are skipped)") from None
                 offset += len(cs)
                 report.results.append(result)
-                self.retriever.forget(s.user_id)
                 bar.update(1)
             report.write_seconds += time.perf_counter() - t0
             if self.summarizer is not None and summarize:
@@ -296,15 +302,12 @@ class Memory:
         rolled back to before the session; with a summarizer the later sessions are rolled in
         again at once, otherwise `qrmem summarize` does it (`result.needs_resummarize`)."""
         result = self.store.delete_session(user_id, session_id)
-        self.retriever.forget(user_id)
         if result.needs_resummarize and self.summarizer is not None:
             self._summarize_safely(user_id, session_id)
         return result
 
     def delete_user(self, user_id: str) -> DeleteResult:
-        result = self.store.delete_user(user_id)
-        self.retriever.forget(user_id)
-        return result
+        return self.store.delete_user(user_id)
 
     def export_user(self, user_id: str) -> dict[str, Any]:
         return self.store.export_user(user_id)
@@ -319,7 +322,8 @@ class Memory:
 
     def info(self) -> dict[str, Any]:
         return {"db": self.store.safe_url, **self.store.counts().as_dict(),
-                "embedder": self.store.default_embedder(), "embedding_models": self.store.embedding_models()}
+                "embedder": self.store.default_embedder(), "embedding_models": self.store.embedding_models(),
+                "index_cache": self.retriever.cache.stats()}
 
     # -- search -----------------------------------------------------------------------------------
 

@@ -42,6 +42,11 @@ def m002_settings(conn: Connection) -> None:
     schema.settings.create(conn)
 
 
+@migration
+def m003_chunk_changes(conn: Connection) -> None:
+    schema.chunk_changes.create(conn)
+
+
 MIGRATION_LOCK = 7_246_311  # PostgreSQL advisory lock key held while migrating
 _NAME = re.compile(r"m[0-9]{3}_[a-z0-9_]{1,90}", re.ASCII)  # how every migration is named
 

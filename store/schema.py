@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -117,4 +118,18 @@ settings = Table(
     Column("key", String(100), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Every chunk added or deleted, by the user revision that did it: what lets an in-process index of
+# an older revision apply exactly the changes, without rereading the user's chunks (chunk ids can be
+# reused by SQLite after a delete, so the log names each change, not a high-water mark). Pruned to
+# the last CHANGE_WINDOW revisions of each user (an index older than that reloads in full).
+chunk_changes = Table(
+    "chunk_changes",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("chunk_id", Integer, nullable=False),
+    Column("added", Boolean, nullable=False),  # False: deleted
+    Index("ix_chunk_changes_user_revision", "user_id", "revision"),
 )

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Connection, Engine, delete, func, inspect, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    delete,
+    func,
+    inspect,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -50,6 +59,7 @@ from .types import (
     ChunkIn,
     ChunkRecord,
     DeleteResult,
+    IndexChanges,
     SessionIn,
     SessionInfo,
     StoreCounts,
@@ -64,6 +74,7 @@ log = get_logger(__name__)
 
 EXPORT_FORMAT = "qrmem.v1"
 EMBEDDER_SETTING = "embedder"  # the embedding model whose vectors the store keeps for every chunk
+CHANGE_WINDOW = 1000  # revisions of chunk changes kept per user (an index older than that reloads in full)
 WRITE_ATTEMPTS = 5  # a write transaction is retried on lock timeouts, deadlocks and insert races
 SECURE_DELETE_WAIT = 5.0  # seconds a secure delete waits for readers before leaving the WAL as it is
 T = TypeVar("T")
@@ -211,6 +222,30 @@ class Store:
         conn.execute(update(t.users).where(t.users.c.id == user_pk)
                      .values(revision=t.users.c.revision + 1))
 
+    @staticmethod
+    def _next_revision(conn: Connection, user_pk: int) -> int:
+        """The revision the write in progress will leave the user at (`_bump` sets it)."""
+        return int(conn.scalar(select(t.users.c.revision).where(t.users.c.id == user_pk))) + 1
+
+    def _delete_session_rows(self, conn: Connection, user_pk: int, session_pk: int) -> None:
+        """Delete a session (cascading to its turns, chunks, links, vectors and summaries) inside a
+        write that then bumps the user's revision; its chunks are logged as deleted under that next
+        revision, so in-process indexes drop exactly them (see `Store.index_changes`)."""
+        revision = self._next_revision(conn, user_pk)
+        conn.execute(t.chunk_changes.insert().from_select(
+            ["user_id", "revision", "chunk_id", "added"],
+            select(t.chunks.c.user_id, literal(revision), t.chunks.c.id, literal(False))
+            .where(t.chunks.c.session_id == session_pk)))
+        conn.execute(delete(t.sessions).where(t.sessions.c.id == session_pk))
+
+    def _log_added(self, conn: Connection, user_pk: int, chunk_pks: Sequence[int]) -> None:
+        """Log chunks added by the write in progress, and forget changes older than the window."""
+        revision = self._next_revision(conn, user_pk)
+        conn.execute(t.chunk_changes.insert(), [
+            {"user_id": user_pk, "revision": revision, "chunk_id": pk, "added": True} for pk in chunk_pks])
+        conn.execute(delete(t.chunk_changes).where(t.chunk_changes.c.user_id == user_pk,
+                                                   t.chunk_changes.c.revision <= revision - CHANGE_WINDOW))
+
     def session_status(self, session: SessionIn) -> str:
         """`new`, `unchanged` (stored with identical content) or `conflict` (stored, different)."""
         with self._read() as conn:
@@ -259,7 +294,7 @@ class Store:
                 position = row.position if position is None else position
                 # The conversation summary rolled the old content in: take it back out.
                 versions.roll_back_conversation(conn, user_pk, min(position, row.position), session.session_id, _now())
-                conn.execute(delete(t.sessions).where(t.sessions.c.id == row.id))
+                self._delete_session_rows(conn, user_pk, row.id)
                 status = "replaced"
             elif position is not None:
                 # A session placed before ones already rolled into the conversation summary.
@@ -287,6 +322,7 @@ class Store:
                 for pk, c in zip(chunk_pks, chunks, strict=True) for p in c.turn_positions])
             if vectors is not None and embedding_model is not None:
                 self._insert_embeddings(conn, embedding_model, chunk_pks, vectors)
+            self._log_added(conn, user_pk, chunk_pks)
             self._bump(conn, user_pk)
             return AddResult(session.user_id, session.session_id, status, len(session.turns), len(chunks))
 
@@ -399,7 +435,7 @@ class Store:
             chunks = conn.scalar(select(func.count()).where(t.chunks.c.session_id == pk)) or 0
             n_summaries = conn.scalar(select(func.count()).where(t.summaries.c.session_id == pk)) or 0
             stale, fresh, needs = versions.roll_back_conversation(conn, user_pk, position, session_id, _now())
-            conn.execute(delete(t.sessions).where(t.sessions.c.id == pk))
+            self._delete_session_rows(conn, user_pk, pk)
             self._bump(conn, user_pk)
             return DeleteResult(user_id, session_id, int(turns), int(chunks), int(n_summaries) + stale,
                                 fresh, needs)
@@ -473,26 +509,59 @@ class Store:
                                .where(t.users.c.external_id == user_id)).first()
             if row is None:
                 return None, []
-            user_pk, revision = row
-            rows = conn.execute(
-                select(t.chunks.c.id, t.sessions.c.external_id, t.sessions.c.date_text,
-                       t.sessions.c.position, t.chunks.c.position, t.chunks.c.text)
-                .join(t.sessions, t.sessions.c.id == t.chunks.c.session_id)
-                .where(t.chunks.c.user_id == user_pk)
-                .order_by(t.sessions.c.position, t.sessions.c.id, t.chunks.c.position)).all()
-            covered: dict[int, list[tuple[int, str]]] = defaultdict(list)
-            for chunk_pk, pos, ext in conn.execute(
-                    select(t.chunk_turns.c.chunk_id, t.turns.c.position, t.turns.c.external_id)
-                    .join(t.turns, t.turns.c.id == t.chunk_turns.c.turn_id)
-                    .join(t.chunks, t.chunks.c.id == t.chunk_turns.c.chunk_id)
-                    .where(t.chunks.c.user_id == user_pk)):
-                covered[chunk_pk].append((pos, ext))
-        return revision, [
-            ChunkRecord(chunk_id=r[0], user_id=user_id, session_id=r[1], session_date=r[2],
-                        session_position=r[3], position=r[4], text=r[5],
-                        turn_ids=tuple(ext for _, ext in sorted(covered[r[0]])))
-            for r in rows
-        ]
+            return row.revision, self._chunk_records(conn, row.id, user_id)
+
+    @staticmethod
+    def _chunk_records(conn: Connection, user_pk: int, user_id: str,
+                       ids: Sequence[int] | None = None) -> list[ChunkRecord]:
+        """The user's chunks (only those of `ids`, when given) in conversation order, with the
+        external ids of the turns they cover."""
+        if ids is not None and len(ids) > 500:  # bounded IN lists on every backend
+            parts = [Store._chunk_records(conn, user_pk, user_id, ids[i:i + 500]) for i in range(0, len(ids), 500)]
+            return sorted((c for part in parts for c in part), key=lambda c: (c.session_position, c.chunk_id))
+        which = [t.chunks.c.user_id == user_pk] + ([t.chunks.c.id.in_(ids)] if ids is not None else [])
+        rows = conn.execute(
+            select(t.chunks.c.id, t.sessions.c.external_id, t.sessions.c.date_text,
+                   t.sessions.c.position, t.chunks.c.position, t.chunks.c.text)
+            .join(t.sessions, t.sessions.c.id == t.chunks.c.session_id).where(*which)
+            .order_by(t.sessions.c.position, t.sessions.c.id, t.chunks.c.position)).all()
+        covered: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        for chunk_pk, pos, ext in conn.execute(
+                select(t.chunk_turns.c.chunk_id, t.turns.c.position, t.turns.c.external_id)
+                .join(t.turns, t.turns.c.id == t.chunk_turns.c.turn_id)
+                .join(t.chunks, t.chunks.c.id == t.chunk_turns.c.chunk_id).where(*which)):
+            covered[chunk_pk].append((pos, ext))
+        return [ChunkRecord(chunk_id=r[0], user_id=user_id, session_id=r[1], session_date=r[2],
+                            session_position=r[3], position=r[4], text=r[5],
+                            turn_ids=tuple(ext for _, ext in sorted(covered[r[0]])))
+                for r in rows]
+
+    def index_changes(self, user_id: str, since: int, model: str | None = None) -> IndexChanges:
+        """What changed in a user's chunks after revision `since` (from the change log), for an
+        in-process index at that revision: the chunk ids deleted, the chunks added (those still
+        stored) with their vectors from `model`; all from one snapshot. `full` is set (and nothing
+        else) when the log no longer reaches back to `since`; `revision` is None for an unknown user."""
+        user_id = check_key(user_id, "user id")
+        with self._read(snapshot=True) as conn:
+            row = conn.execute(select(t.users.c.id, t.users.c.revision)
+                               .where(t.users.c.external_id == user_id)).first()
+            if row is None:
+                return IndexChanges(None)
+            if row.revision - since >= CHANGE_WINDOW or since > row.revision:
+                return IndexChanges(row.revision, full=True)
+            log = conn.execute(select(t.chunk_changes.c.chunk_id, t.chunk_changes.c.added).where(
+                t.chunk_changes.c.user_id == row.id, t.chunk_changes.c.revision > since)).all()
+            removed = sorted({pk for pk, added in log if not added})
+            added_ids = sorted({pk for pk, added in log if added})
+            added = self._chunk_records(conn, row.id, user_id, added_ids) if added_ids else []
+            vectors: dict[int, np.ndarray] = {}
+            if model is not None and added:
+                present = [c.chunk_id for c in added]
+                for i in range(0, len(present), 500):
+                    vectors.update({pk: np.frombuffer(blob, dtype="<f4") for pk, blob in conn.execute(
+                        select(t.embeddings.c.chunk_id, t.embeddings.c.vector).where(
+                            t.embeddings.c.model == model, t.embeddings.c.chunk_id.in_(present[i:i + 500])))})
+        return IndexChanges(row.revision, added=added, removed=removed, vectors=vectors)
 
     def embeddings(self, user_id: str, model: str) -> dict[int, np.ndarray]:
         """Stored vectors of a user's chunks for one model, by chunk id."""

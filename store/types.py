@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -407,3 +407,16 @@ class CheckReport:
     problems: list[str]  # anything here means damage: ok is False
     warnings: list[str]  # consistent but worth knowing (e.g. chunks not embedded yet)
     checks: list[str]  # what was checked
+
+
+@dataclass(frozen=True)
+class IndexChanges:
+    """What `Store.index_changes` found: the user's revision now (None: no such user), the chunks
+    added and the chunk ids removed since the index's revision, the added chunks' vectors; or
+    `full` when the index must be reloaded from scratch."""
+
+    revision: int | None
+    added: list[ChunkRecord] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    vectors: dict[int, Any] = field(default_factory=dict)
+    full: bool = False
