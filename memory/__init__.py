@@ -7,6 +7,7 @@ from .embedders import (
     SentenceTransformerEmbedder,
     load_embedder,
 )
+from .filters import SearchFilter, parse_session_date
 from .fusion import dense_scores, rrf, top_k
 from .generators import (
     GENERATORS,
@@ -38,6 +39,7 @@ __all__ = [
     "RankedResult",
     "RankedResults",
     "Reranker",
+    "SearchFilter",
     "SearchHit",
     "SentenceTransformerEmbedder",
     "Summarizer",
@@ -47,6 +49,7 @@ __all__ = [
     "load_embedder",
     "load_generator",
     "load_reranker",
+    "parse_session_date",
     "rrf",
     "top_k",
 ]

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from store import (
 )
 
 from .embedders import Embedder, load_embedder
+from .filters import SearchFilter
 from .fusion import dense_scores, rrf, top_k
 from .lexical import BM25Index
 from .rerankers import Reranker, load_reranker
@@ -262,18 +264,26 @@ class Memory:
     # -- search -----------------------------------------------------------------------------------
 
     def search(self, user_id: str, query: str, k: int = 10, *, mode: SearchMode | None = None,
-               rerank: bool = False, rerank_k: int | None = None) -> list[SearchHit]:
+               rerank: bool = False, rerank_k: int | None = None,
+               session_ids: Iterable[str] | None = None, after: date | str | None = None,
+               before: date | str | None = None) -> list[SearchHit]:
         """The user's `k` best chunks for `query`, best first (first stage: hybrid by default).
+
+        Filters (see `memory.filters`): only chunks of `session_ids`, and only sessions dated on or
+        after `after` / on or before `before` (days, inclusive; undated or unparseable session dates
+        are left out when a bound is given). They mask the candidates before top-k.
 
         With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
         listwise by `self.reranker`, and the best `k` of them are returned with the reranker's
         scores. Memory context per `rerank_context`: `date` (each chunk's session date), `summary`
         (each chunk's session summary, else its date, plus the conversation summary) or `none`.
         """
+        flt = SearchFilter.build(session_ids, after, before)
         if rerank:
             pool = rerank_k or self.rerank_k
             _check_count(pool, "rerank_k")
-            first = self.search(user_id, query, k=max(pool, 1), mode=mode)
+            first = self.search(user_id, query, k=max(pool, 1), mode=mode, session_ids=session_ids,
+                                after=after, before=before)
             if not first:
                 return []
             contexts, summary = self._rerank_context(user_id, first)
@@ -295,16 +305,14 @@ class Memory:
             return []
         if mode == "dense":
             scores = self._dense(index, query)
-            order = top_k(scores, k)
         elif mode == "bm25":
             scores = self._bm25(index).scores(query)
-            order = top_k(scores, k)
         else:
             dense = top_k(self._dense(index, query), n)
             lexical = self._bm25(index).scores(query)
             lexical_order = top_k(lexical, n)[: int(np.count_nonzero(lexical))]
             scores = rrf([dense, lexical_order], n, self.rrf_k)
-            order = top_k(scores, k)
+        order = top_k(scores, k) if flt is None else flt.top_k(scores, k, index.chunks)
         return [_hit(index.chunks[i], float(scores[i]), r) for r, i in enumerate(order, start=1)]
 
     def _rerank_context(self, user_id: str, hits: list[SearchHit]) -> tuple[list[str | None] | None, str | None]:

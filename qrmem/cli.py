@@ -135,12 +135,18 @@ def search(
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
+    session: Annotated[list[str] | None, typer.Option(
+        "--session", help="only this session (repeat for several)")] = None,
+    after: Annotated[str | None, typer.Option(help="only sessions dated on or after YYYY-MM-DD")] = None,
+    before: Annotated[str | None, typer.Option(help="only sessions dated on or before YYYY-MM-DD")] = None,
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
-    --rerank-k with QRRanker (the embedded SmolLM2 unless --model)."""
+    --rerank-k with QRRanker (the embedded SmolLM2 unless --model). --session, --after and
+    --before keep only those sessions (undated sessions are left out by a date bound)."""
     ranker = load_qr(model, heads, calibrate, device, dtype, trust_remote_code) if rerank else None
     hits = open_memory(db, embedder, reranker=ranker).search(  # type: ignore[arg-type]
-        user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k)
+        user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k, session_ids=session,
+        after=after, before=before)
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
