@@ -21,6 +21,7 @@ from .errors import (
     StoreError,
 )
 from .formats import load_file, parse_obj
+from .keys import ApiKey, ApiKeys, NewKey
 from .store import Store
 from .types import (
     AddResult,
@@ -40,6 +41,8 @@ from .types import (
 __all__ = [
     "CHUNKERS",
     "AddResult",
+    "ApiKey",
+    "ApiKeys",
     "CheckReport",
     "ChunkIn",
     "ChunkRecord",
@@ -48,6 +51,7 @@ __all__ = [
     "DeleteResult",
     "InputError",
     "MissingDependencyError",
+    "NewKey",
     "ModelLoadError",
     "NotFoundError",
     "QrmemError",

@@ -27,10 +27,19 @@ def migration(fn: Migration) -> Migration:
     return fn
 
 
+# The tables m001_initial creates, frozen: tables added later have their own migrations.
+INITIAL_TABLES = ("users", "sessions", "turns", "chunks", "chunk_turns", "embeddings", "summaries")
+
+
 @migration
 def m001_initial(conn: Connection) -> None:
-    tables = [t for t in schema.metadata.sorted_tables if t.name != "schema_migrations"]
+    tables = [schema.metadata.tables[name] for name in INITIAL_TABLES]
     schema.metadata.create_all(conn, tables=tables)
+
+
+@migration
+def m002_api_keys(conn: Connection) -> None:
+    schema.api_keys.create(conn)
 
 
 MIGRATION_LOCK = 7_246_311  # PostgreSQL advisory lock key held while migrating
