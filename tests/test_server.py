@@ -248,6 +248,32 @@ def test_users_never_see_each_other(served) -> None:
     assert post(server, key, "erin/search", {"query": "saxophone"}).json()["hits"][0]["user_id"] == "erin"
 
 
+def test_chat_retrieves_answers_and_writes_back_through_the_model_process(tmp_path: Path, chat_server) -> None:
+    """/chat with an OpenAI-compatible generator (a scripted loopback server): the generator runs in
+    the server's model process, the answer comes back with the memories it used, and the exchange
+    is stored."""
+    db = str(tmp_path / "chat.db")
+    key = make_key(db, "chat", ["gus"])
+    chat_server["script"] = [(200, {"choices": [{"message": {"content": " Your kitten is Miso. "}}]})]
+    server = Server(db, tmp_path / "server.log", "--generator", "openai:test-model", "--base-url",
+                    chat_server["url"]).wait_ready()
+    try:
+        post(server, key, "gus/sessions", {"session_id": "pets", "date": "8 May 2024", "turns": PETS})
+        answer = post(server, key, "gus/chat", {"message": "What is my kitten called?"}).json()
+        assert answer["text"] == "Your kitten is Miso."
+        assert answer["chunks"][0]["session_id"] == "pets" and "Miso" in answer["chunks"][0]["text"]
+        prompt = chat_server["requests"][-1]["body"]["messages"][-1]["content"]
+        assert "[8 May 2024] alice: My kitten is called Miso" in prompt and prompt.endswith("What is my kitten called?")
+        stored = get(server, key, f"gus/sessions/{answer['session_id']}").json()["turns"]
+        assert [(t["speaker"], t["text"]) for t in stored] == [("gus", "What is my kitten called?"),
+                                                              ("assistant", "Your kitten is Miso.")]
+        chat_server["script"] = [(400, {"error": "no such model"})]
+        assert "refused the request" in assert_error(post(server, key, "gus/chat", {"message": "again?"}),
+                                                     502, "generation_failed")
+    finally:
+        assert server.stop() == 0, server.output()
+
+
 # -- errors ---------------------------------------------------------------------------------------------
 
 
@@ -357,6 +383,35 @@ def test_a_request_past_its_timeout_gets_503_and_a_queued_write_never_runs(sqlit
     # ... but its write, once started, finished whole when the lane shut down; the queued one never ran.
     assert [(s.session_id, s.turns) for s in Store(sqlite_db).sessions("u")] == [("slow", 1)]
     assert Store(sqlite_db).check().ok
+
+
+def test_a_lane_refuses_work_that_would_only_wait_past_its_deadline() -> None:
+    import time
+
+    import anyio
+
+    from qrmem.server.lanes import Lane
+
+    lane = Lane("model", workers=1, queue=10, timeout=0.5)
+    gate = threading.Event()
+
+    async def main() -> None:
+        with pytest.raises(server_errors.RequestTimeoutError):
+            await lane.run(time.sleep, 0.7)  # the pace the lane measures: longer than its deadline
+        while lane.inflight:  # the sleeping job still holds its slot until its thread is done
+            await anyio.sleep(0.01)
+        assert await lane.run(lambda: "alone") == "alone"  # nothing ahead: always admitted
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: lane.run(gate.wait, 30))
+            while not lane.inflight:
+                await anyio.sleep(0.01)
+            with pytest.raises(server_errors.OverloadedError, match="longer than the 0.5 s deadline") as exc:
+                await lane.run(lambda: "queued")  # the queue has room, but it would time out waiting
+            assert exc.value.retry_after >= 1
+            gate.set()
+
+    anyio.run(main)
+    lane.shutdown()
 
 
 def test_not_ready_until_the_models_are_loaded(sqlite_db: str) -> None:

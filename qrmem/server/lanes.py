@@ -37,25 +37,42 @@ class Lane:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"qrmem-{name}")
         self._lock = threading.Lock()
         self.inflight = 0  # jobs queued or running
-        self._seconds = 0.0  # moving average of a job's run time, for Retry-After
+        self._seconds: float | None = None  # a job's run time, see observe() (None: no job yet)
 
     @property
     def capacity(self) -> int:
         return self.workers + self.queue
 
+    def observe(self, seconds: float) -> None:
+        """Record how long a job took. The pace rises at once to a slower job and comes down slowly
+        (a moving average), so the lane sheds load as soon as work slows down (a busy machine)."""
+        if self._seconds is None or seconds > self._seconds:
+            self._seconds = seconds
+        else:
+            self._seconds += 0.2 * (seconds - self._seconds)
+
+    def expected_seconds(self) -> float:
+        """How long a job submitted now would take to finish, at the measured pace."""
+        return (self._seconds or 0.0) * (self.inflight / self.workers + 1)
+
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the backlog ahead divided among the workers."""
-        return max(1, math.ceil(self._seconds * max(self.inflight, 1) / self.workers))
+        return max(1, math.ceil((self._seconds or 0.0) * max(self.inflight, 1) / self.workers))
 
     async def run(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None) -> T:
         """Run `fn(*args)` in a worker thread; refuse at once when the lane is full."""
+        limit = self.timeout if timeout is None else timeout
         with self._lock:
             if self.inflight >= self.capacity:
                 raise OverloadedError(
                     f"the server is busy ({self.name} lane full: {self.workers} running, {self.queue} "
                     f"waiting); retry in {self.retry_after()} s", retry_after=self.retry_after())
+            if self.inflight and self.expected_seconds() > limit:
+                raise OverloadedError(
+                    f"the server is busy ({self.name} lane: {self.inflight} jobs ahead, about "
+                    f"{self.expected_seconds():.0f} s, longer than the {limit:g} s deadline); retry in "
+                    f"{self.retry_after()} s", retry_after=self.retry_after())
             self.inflight += 1
-        limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
 
         def job() -> T:
@@ -65,7 +82,7 @@ class Lane:
             try:
                 return fn(*args)
             finally:
-                self._seconds += 0.2 * ((time.monotonic() - t0) - self._seconds)
+                self.observe(time.monotonic() - t0)
 
         try:
             future = self._executor.submit(job)
