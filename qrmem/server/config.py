@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from store import InputError
 
@@ -49,8 +49,20 @@ class ServeConfig(BaseModel):
             return cls(**options)
         except ValidationError as exc:
             err = exc.errors()[0]
-            name = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "options"
-            raise InputError(f"{name}: {err['msg']}") from None
+            message = err["msg"].removeprefix("Value error, ")
+            if err["loc"]:
+                message = "--" + str(err["loc"][0]).replace("_", "-") + ": " + message
+            raise InputError(message) from None
+
+    @model_validator(mode="after")
+    def _known_models(self) -> ServeConfig:
+        from memory import GENERATORS, RERANKERS
+
+        if self.has_reranker and self.reranker.partition(":")[0] not in RERANKERS:
+            raise ValueError(f"unknown reranker {self.reranker!r}: use none, or one of {sorted(RERANKERS)}[:ARG]")
+        if self.generator is not None and self.generator.partition(":")[0] not in GENERATORS:
+            raise ValueError(f"unknown generator {self.generator!r}: use one of {sorted(GENERATORS)}[:MODEL]")
+        return self
 
     @property
     def has_reranker(self) -> bool:

@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,15 @@ from store import (
 from .config import ServeConfig
 from .errors import NotConfiguredError, NotReadyError
 from .lanes import Lane
+from .model_process import ModelProcess, ProcessGenerator, ProcessReranker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_STRIPES = 64
+# A query and 20 candidates of the length of a chat turn: what `search(rerank=True)` hands the reranker.
+WARM_RERANK = ("When did Caroline go to the support group?",
+               [f"Speaker {i % 2}: last week we talked about the garden, the marathon in October and the "
+                f"pottery class on Tuesdays; item {i} was the one with the blue glazed bowl." for i in range(20)])
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,14 @@ class MemoryService:
 
     def __init__(self, cfg: ServeConfig, memory: Memory | None = None) -> None:
         self.cfg = cfg
-        self.memory = memory or Memory(cfg.db, embedder=cfg.embedder,
-                                       reranker=cfg.reranker if cfg.has_reranker else None)
+        # The reranker and the generator run in a child process (see model_process), started by
+        # load_models; a Memory handed in (tests, embedding applications) keeps its own.
+        self.models: ModelProcess | None = None
+        if memory is None and (cfg.has_reranker or cfg.generator):
+            self.models = ModelProcess(cfg.reranker if cfg.has_reranker else None,
+                                       (cfg.generator, cfg.base_url, cfg.api_key_env) if cfg.generator else None)
+        self.memory = memory or Memory(cfg.db, embedder=cfg.embedder, reranker=ProcessReranker(
+            self.models, cfg.reranker) if self.models and cfg.has_reranker else None)
         self.keys = ApiKeys(self.memory.store)
         self.store_lane = Lane("store", cfg.workers, cfg.queue, cfg.timeout)
         self.model_lane = Lane("model", 1, cfg.model_queue, cfg.timeout)
@@ -68,9 +80,14 @@ class MemoryService:
             self.memory.embedder.embed(["warm up"])
             if self.cfg.has_reranker:
                 self.memory.reranker.rank("warm up", ["a", "b"])
+                # One rerank of a typical shortlist sets the model lane's pace, so that its queue
+                # sheds load (429) from the first request on instead of letting requests time out.
+                t0 = time.monotonic()
+                self.memory.reranker.rank(*WARM_RERANK)
+                self.model_lane.observe(time.monotonic() - t0)
             if self.cfg.generator:
-                generator = load_generator(self.cfg.generator, base_url=self.cfg.base_url,
-                                           api_key_env=self.cfg.api_key_env)
+                generator = ProcessGenerator(self.models, self.cfg.generator) if self.models else load_generator(
+                    self.cfg.generator, base_url=self.cfg.base_url, api_key_env=self.cfg.api_key_env)
                 if self.cfg.generator.startswith("transformers"):
                     generator.complete([{"role": "user", "content": "hi"}], max_new_tokens=1)
                 self.agent = MemoryAgent(self.memory, generator, rerank=self.cfg.has_reranker)
@@ -91,6 +108,8 @@ class MemoryService:
         """Finish the work already accepted, then release the database."""
         self.store_lane.shutdown()
         self.model_lane.shutdown()
+        if self.models is not None:
+            self.models.close()
         self.memory.store.close()
 
     async def run(self, fn: Callable[..., T], *args: Any, model: bool = False, **kwargs: Any) -> T:
