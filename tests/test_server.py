@@ -364,7 +364,7 @@ def test_a_full_lane_answers_429_with_retry_after(sqlite_db: str) -> None:
     assert [s.session_id for s in Store(sqlite_db).sessions("u")] == ["held"]
 
 
-def test_a_request_past_its_timeout_gets_503_and_a_queued_write_never_runs(sqlite_db: str) -> None:
+def test_past_the_deadline_a_running_request_gets_503_and_a_queued_one_429_unprocessed(sqlite_db: str) -> None:
     gate = GateEmbedder()
     gate.gate.set()
     _, client = in_process(sqlite_db, gate, workers=1, queue=4, timeout=0.5)
@@ -376,9 +376,9 @@ def test_a_request_past_its_timeout_gets_503_and_a_queued_write_never_runs(sqlit
         first.start()
         assert gate.entered.wait(30)
         queued = client.post("/v1/users/u/sessions", json={"session_id": "queued", "turns": [{"speaker": "u", "text": "x"}]})
-        assert "resending it is safe" in assert_error(queued, 503, "timeout") and "Retry-After" in queued.headers
+        assert "dropped unprocessed" in assert_error(queued, 429, "overloaded") and "Retry-After" in queued.headers
         first.join(30)
-        assert_error(results["first"], 503, "timeout")  # its answer gave up waiting ...
+        assert "resending it is safe" in assert_error(results["first"], 503, "timeout")  # its answer gave up ...
         gate.gate.set()
     # ... but its write, once started, finished whole when the lane shut down; the queued one never ran.
     assert [(s.session_id, s.turns) for s in Store(sqlite_db).sessions("u")] == [("slow", 1)]

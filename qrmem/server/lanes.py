@@ -2,9 +2,10 @@
 
 A lane has `workers` threads and room for `queue` more jobs waiting. One job more is refused at
 once with `OverloadedError` (HTTP 429 with Retry-After) instead of piling up. Every job has a
-deadline (`timeout` seconds from submission): a job still waiting at its deadline never starts, and
-a caller whose job runs past it gets `RequestTimeoutError` (HTTP 503) while the job runs to its end
-in its thread (a write then commits whole or not at all: each session is one transaction). A job
+deadline (`timeout` seconds from submission): a job still waiting at its deadline never starts and
+its caller gets `OverloadedError` too (nothing was done: retrying is safe), while a caller whose job
+runs past it gets `RequestTimeoutError` (HTTP 503) and the job runs to its end in its thread (a
+write then commits whole or not at all: each session is one transaction). A job
 counts against the lane's capacity until its thread is done with it, so slow work throttles intake.
 """
 
@@ -16,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .errors import OverloadedError, RequestTimeoutError
@@ -27,6 +28,10 @@ T = TypeVar("T")
 
 class _Expired(Exception):
     """The job waited past its deadline and was not started."""
+
+
+def _exception(future: Future[Any]) -> BaseException | None:
+    return future.exception() if future.done() and not future.cancelled() else None
 
 
 class Lane:
@@ -93,10 +98,14 @@ class Lane:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), limit)
         except (TimeoutError, _Expired):
+            if future.cancelled() or isinstance(_exception(future), _Expired):  # it never ran: busy
+                raise OverloadedError(
+                    f"the server is busy: the request waited {limit:g} s for the {self.name} lane and was "
+                    f"dropped unprocessed; retry in {self.retry_after()} s", retry_after=self.retry_after()) from None
             raise RequestTimeoutError(
-                f"the request took longer than {limit:g} s ({self.name} lane); it was dropped if it had "
-                "not started, else it finishes on its own (a write is stored whole or not at all, and "
-                "resending it is safe)", retry_after=self.retry_after()) from None
+                f"the request took longer than {limit:g} s ({self.name} lane) and finishes on its own: "
+                "a write is stored whole or not at all, and resending it is safe",
+                retry_after=self.retry_after()) from None
 
     def _release(self, _future: object) -> None:
         with self._lock:
