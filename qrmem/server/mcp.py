@@ -105,15 +105,17 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
                             annotations=ToolAnnotations(open_world_hint=False, **hints))
             return fn
         return register
+
     redact = service.memory.store.safe_url
 
     async def call(ctx: Context, fn: Callable[..., T], *args: Any, model: bool = False,
-                   needs_models: bool = True, **kwargs: Any) -> tuple[str, T]:
+                   needs_models: bool = True, **kwargs: Any) -> T:
+        """`fn(user, *args, **kwargs)` in its lane for the bound user; qrmem errors become tool errors."""
         try:
             user = user_of(ctx)
             if needs_models:
                 service.require_ready()
-            return user, await service.run(fn, user, *args, model=model, **kwargs)
+            return await service.run(fn, user, *args, model=model, **kwargs)
         except QrmemError as exc:
             raise ToolError(one_line(str(exc), redact)) from None
 
@@ -136,7 +138,7 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
         def write(user: str) -> Any:
             return service.append(user, _turns(user, text, messages), session_id=session_id, date=date)
 
-        _, result = await call(ctx, write)
+        result = await call(ctx, write)
         return Stored(session_id=result.session_id, status=result.status, turns=result.turns)
 
     @tool(title="Recall", read_only_hint=True)
@@ -152,8 +154,8 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
         """Search the user's long-term memory. Call it before answering a question that may depend
         on earlier conversations (what they told you, when something happened, names, plans).
         Returns the best matching turns, best first, with their session and date."""
-        _, hits = await call(ctx, service.search, query, k=limit, mode=None, rerank=rerank, rerank_k=None,
-                             session_ids=session_ids, after=after, before=before, model=rerank)
+        hits = await call(ctx, service.search, query, k=limit, mode=None, rerank=rerank, rerank_k=None,
+                          session_ids=session_ids, after=after, before=before, model=rerank)
         return Found(hits=[MemoryHit(rank=h.rank, score=h.score, text=h.text, session_id=h.session_id,
                                      session_date=h.session_date, turn_ids=list(h.turn_ids)) for h in hits])
 
@@ -166,10 +168,10 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
         turns in full. Call it when the user asks what you remember about them, or to read the
         conversation around a search hit."""
         if session_id is None:
-            _, rows = await call(ctx, _sessions_or_none, service, needs_models=False)
+            rows = await call(ctx, _sessions_or_none, service, needs_models=False)
             return Memories(sessions=[SessionItem(session_id=s.session_id, date=s.date, turns=s.turns)
                                       for s in rows])
-        _, got = await call(ctx, service.session, session_id, needs_models=False)
+        got = await call(ctx, service.session, session_id, needs_models=False)
         return Memories(session_id=got.info.session_id, date=got.info.date,
                         turns=[TurnItem(speaker=t.speaker, text=t.text, time=t.time, id=t.id) for t in got.turns])
 
@@ -180,7 +182,7 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
     ) -> Deleted:
         """Delete one stored session for good. Call it only when the user asks you to forget that
         conversation or something in it."""
-        _, result = await call(ctx, service.delete_session, session_id, needs_models=False)
+        result = await call(ctx, service.delete_session, session_id, needs_models=False)
         return Deleted(session_id=result.session_id, turns=result.turns, chunks=result.chunks)
 
     @tool(title="Forget everything", read_only_hint=False, destructive_hint=True, idempotent_hint=True)
@@ -192,7 +194,7 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
         explicitly asks you to forget all of it, with confirm=true."""
         if confirm is not True:
             raise ToolError("nothing deleted: call again with confirm=true once the user has asked to forget everything")
-        _, result = await call(ctx, service.delete_user, needs_models=False)
+        result = await call(ctx, service.delete_user, needs_models=False)
         return Deleted(session_id=None, turns=result.turns, chunks=result.chunks)
 
     return server
