@@ -136,9 +136,9 @@ def search(
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     session: Annotated[list[str] | None, typer.Option(
-        "--session", help="only this session (repeat for several)")] = None,
-    after: Annotated[str | None, typer.Option(help="only sessions dated on or after YYYY-MM-DD")] = None,
-    before: Annotated[str | None, typer.Option(help="only sessions dated on or before YYYY-MM-DD")] = None,
+        "--session", metavar="ID", help="only this session (repeat for several)")] = None,
+    after: Annotated[str | None, typer.Option(metavar="DATE", help="only sessions dated on or after YYYY-MM-DD")] = None,
+    before: Annotated[str | None, typer.Option(metavar="DATE", help="only sessions dated on or before YYYY-MM-DD")] = None,
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
     --rerank-k with QRRanker (the embedded SmolLM2 unless --model). --session, --after and
