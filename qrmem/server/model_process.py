@@ -12,7 +12,9 @@ Only plain data crosses the process boundary (query and candidate texts, scores,
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +31,9 @@ _loaded: dict[str, Any] = {}  # in the child: "reranker", "generator"
 def _start(reranker: str | None, generator: tuple[str, str | None, str | None] | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Under `qrmem mcp` the inherited stdout is the MCP channel: whatever a library prints goes to stderr.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
     if reranker is not None:
         _loaded["reranker"] = load_reranker(reranker)
     if generator is not None:
