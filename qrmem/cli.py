@@ -266,9 +266,9 @@ def search(
     reranker: Annotated[str, typer.Option(help="with --rerank: qr, qr:PATH, or a plug-in's NAME[:ARG]")] = "qr",
     as_json: JsonOpt = False,
     session: Annotated[list[str] | None, typer.Option(
-        "--session", help="only this session (repeat for several)")] = None,
-    after: Annotated[str | None, typer.Option(help="only sessions dated on or after YYYY-MM-DD")] = None,
-    before: Annotated[str | None, typer.Option(help="only sessions dated on or before YYYY-MM-DD")] = None,
+        "--session", metavar="ID", help="only this session (repeat for several)")] = None,
+    after: Annotated[str | None, typer.Option(metavar="DATE", help="only sessions dated on or after YYYY-MM-DD")] = None,
+    before: Annotated[str | None, typer.Option(metavar="DATE", help="only sessions dated on or before YYYY-MM-DD")] = None,
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
     --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker. --session,
@@ -665,3 +665,113 @@ def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
         typer.echo(f"{key}: {value}")
     for model, n in data["embedding_models"].items():
         typer.echo(f"embedding model {model}: {n} vectors")
+
+
+# -- the service: `qrmem keys`, `qrmem serve`, `qrmem mcp` ------------------------------------------
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys for `qrmem serve` (stored hashed).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+@handle_errors
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="what the key is for, e.g. the app using it")],
+    users: Annotated[str | None, typer.Option("--users", help="the users it may touch, comma-separated")] = None,
+    all_users: Annotated[bool, typer.Option("--all", help="it may touch every user")] = False,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key and print it once: only its hash is stored."""
+    from store import ApiKeys, Store
+
+    if all_users == (users is not None):
+        raise _fail("give exactly one of --users U1,U2 and --all")
+    wanted = None if all_users else [u.strip() for u in (users or "").split(",") if u.strip()]
+    new = ApiKeys(Store(db)).create(name, wanted)
+    if as_json:
+        _print_json({"id": new.key.key_id, "name": new.key.name, "users": new.key.users, "key": new.secret})
+        return
+    typer.echo(new.secret)
+    scope = "every user" if new.key.users is None else ", ".join(new.key.users)
+    typer.echo(f"key {new.key.key_id} ({new.key.name}) for {scope}: store it now, it is not shown again",
+               err=True)
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List the API keys (id, name, users, created, revoked), never their secrets."""
+    from store import ApiKeys, Store
+
+    keys = ApiKeys(Store(db)).list()
+    if as_json:
+        _print_json([{"id": k.key_id, "name": k.name, "users": k.users, "created_at": k.created_at,
+                      "revoked_at": k.revoked_at} for k in keys])
+        return
+    for k in keys:
+        typer.echo(f"{k.key_id}\t{k.name}\t{'*' if k.users is None else ','.join(k.users)}\t"
+                   f"{k.created_at:%Y-%m-%d %H:%M}\t{'revoked' if k.revoked_at else 'active'}")
+
+
+@keys_app.command("revoke")
+@handle_errors
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id, from `qrmem keys list`")],
+                db: DbOpt = None) -> None:
+    """Revoke an API key: every server process refuses it from the next request on."""
+    from store import ApiKeys, Store
+
+    key = ApiKeys(Store(db)).revoke(key_id)
+    typer.echo(f"revoked key {key.key_id} ({key.name})")
+
+
+RerankerOpt = Annotated[str, typer.Option("--reranker", help="qr (embedded QRRanker), qr:PATH_OR_HUB_ID, or none")]
+
+
+@app.command()
+@handle_errors
+def serve(
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8420,
+    workers: Annotated[int, typer.Option(help="threads for database and embedding work in this process")] = 4,
+    queue: Annotated[int, typer.Option(help="requests that may wait for a thread; more get 429")] = 64,
+    model_queue: Annotated[int, typer.Option(help="rerank/chat requests that may wait for the model; more get 429")] = 8,
+    timeout: Annotated[float, typer.Option(help="seconds a request may take, waiting included (then 503)")] = 30.0,
+    max_body: Annotated[int, typer.Option(help="largest request body in bytes (larger: 413)")] = 1_048_576,
+    embedder: EmbedderOpt = None,
+    reranker: RerankerOpt = "qr",
+    generator: Annotated[str | None, typer.Option(help="enables /chat: transformers[:MODEL] or openai:MODEL")] = None,
+    base_url: Annotated[str | None, typer.Option(help="openai: server URL")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="openai: environment variable holding the key")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="no API keys (only on a loopback host)")] = False,
+    log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug")] = "info",
+) -> None:
+    """Serve memory over HTTP: the REST API under /v1 (docs at /docs) and MCP at /mcp.
+
+    Every request needs `Authorization: Bearer KEY` (`qrmem keys create`), unless the server binds
+    to loopback with --no-auth. SIGTERM stops it gracefully: requests in flight are finished.
+    """
+    from qrmem.server.config import ServeConfig
+    from qrmem.server.run import serve as run_server
+
+    cfg = ServeConfig.of(db=db, host=host, port=port, workers=workers, queue=queue, model_queue=model_queue,
+                         timeout=timeout, max_body=max_body, embedder=embedder, reranker=reranker,
+                         generator=generator, base_url=base_url, api_key_env=api_key_env, no_auth=no_auth,
+                         log_level=log_level)
+    run_server(cfg)
+
+
+@app.command("mcp")
+@handle_errors
+def mcp_stdio(
+    user: UserOpt,
+    db: DbOpt = None,
+    embedder: EmbedderOpt = None,
+    reranker: RerankerOpt = "qr",
+) -> None:
+    """Serve one user's memory over MCP on stdin/stdout (what desktop agent hosts launch)."""
+    from qrmem.server.config import ServeConfig
+    from qrmem.server.run import serve_stdio
+
+    serve_stdio(ServeConfig.of(db=db, embedder=embedder, reranker=reranker, log_level="warning"), user)

@@ -20,6 +20,7 @@ from .errors import (
     StoreError,
 )
 from .formats import load_file, parse_obj
+from .keys import ApiKey, ApiKeys, NewKey
 from .registry import Registry
 from .store import Store
 from .types import (
@@ -41,6 +42,8 @@ from .types import (
 __all__ = [
     "CHUNKERS",
     "AddResult",
+    "ApiKey",
+    "ApiKeys",
     "CheckReport",
     "ChunkIn",
     "ChunkRecord",
@@ -49,6 +52,7 @@ __all__ = [
     "DeleteResult",
     "IndexChanges",
     "InputError",
+    "NewKey",
     "NotFoundError",
     "OutputError",
     "QrmemError",

@@ -47,6 +47,11 @@ def m003_chunk_changes(conn: Connection) -> None:
     schema.chunk_changes.create(conn)
 
 
+@migration
+def m004_api_keys(conn: Connection) -> None:
+    schema.api_keys.create(conn)
+
+
 MIGRATION_LOCK = 7_246_311  # PostgreSQL advisory lock key held while migrating
 _NAME = re.compile(r"m[0-9]{3}_[a-z0-9_]{1,90}", re.ASCII)  # how every migration is named
 

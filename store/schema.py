@@ -133,3 +133,16 @@ chunk_changes = Table(
     Column("added", Boolean, nullable=False),  # False: deleted
     Index("ix_chunk_changes_user_revision", "user_id", "revision"),
 )
+
+# API keys of `qrmem serve` (migration m004_api_keys). Only a hash of each key is stored.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key_id", String(32), nullable=False, unique=True),  # public part, shown in listings
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=False),  # sha256 hex of the whole key
+    Column("users", JSON),  # list of user ids the key may touch; NULL: every user
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)

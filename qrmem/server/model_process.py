@@ -1,0 +1,87 @@
+"""The reranker and the generator in a child process of the server.
+
+Reranking runs many small torch operations glued by Python; in the server process it would compete
+for the interpreter lock with the threads that validate, embed and write, and lose: a rerank that
+takes 1.3 s alone took 12 s beside four busy threads here. In a child process it has an interpreter
+of its own. The child loads each model once, runs one job at a time (the model lane feeds it), and
+ignores SIGINT/SIGTERM: the server finishes its requests, then closes it.
+
+Only plain data crosses the process boundary (query and candidate texts, scores, chat messages).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from memory import Generator, ModelLoadError, Reranker, load_generator, load_reranker
+from memory.generators import GenerationOptions, Message
+
+T = TypeVar("T")
+_loaded: dict[str, Any] = {}  # in the child: "reranker", "generator"
+
+
+def _start(reranker: str | None, generator: tuple[str, str | None, str | None] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Under `qrmem mcp` the inherited stdout is the MCP channel: whatever a library prints goes to stderr.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    if reranker is not None:
+        _loaded["reranker"] = load_reranker(reranker)
+    if generator is not None:
+        spec, base_url, api_key_env = generator
+        _loaded["generator"] = load_generator(spec, base_url=base_url, api_key_env=api_key_env)
+
+
+def _score(query: str, docs: list[str], contexts: list[str | None] | None, summary: str | None) -> list[float]:
+    return [float(s) for s in _loaded["reranker"].score(query, docs, contexts=contexts, summary=summary)]
+
+
+def _generate(messages: list[dict[str, str]], options: dict[str, Any]) -> str:
+    return _loaded["generator"].generate(messages, GenerationOptions(**options))
+
+
+class ModelProcess:
+    """One child process holding the models; `call` runs a job there and waits for it."""
+
+    def __init__(self, reranker: str | None, generator: tuple[str, str | None, str | None] | None) -> None:
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start, initargs=(reranker, generator))
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return self._pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            raise ModelLoadError("the model process died (out of memory?) or could not load its models; "
+                                 "the server log says why; restart the server") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ProcessReranker(Reranker):
+    """A `Reranker` whose scoring runs in the model process."""
+
+    def __init__(self, process: ModelProcess, name: str) -> None:
+        self.process, self.name = process, name
+
+    def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
+              summary: str | None = None) -> list[float]:
+        return self.process.call(_score, query, list(docs), None if contexts is None else list(contexts), summary)
+
+
+class ProcessGenerator(Generator):
+    """A `Generator` whose generation runs in the model process."""
+
+    def __init__(self, process: ModelProcess, name: str) -> None:
+        self.process, self.name = process, name
+
+    def generate(self, messages: Sequence[Message], options: GenerationOptions) -> str:
+        return self.process.call(_generate, [dict(m) for m in messages], options.model_dump())
