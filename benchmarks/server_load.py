@@ -178,15 +178,17 @@ def main() -> None:
     if args.postgres:
         import sqlalchemy as sa
 
+        from store.admin import CreateDatabase, DropDatabase
+
         admin = sa.create_engine(args.postgres, isolation_level="AUTOCOMMIT")
         name = f"qrmem_load_{uuid.uuid4().hex[:8]}"
         with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # benchmark-only, name made here
+            conn.execute(CreateDatabase(name))  # the name is quoted by the dialect
         try:
             results["PostgreSQL"] = run_backend(admin.url.set(database=name).render_as_string(hide_password=False), args)
         finally:
             with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(DropDatabase(name))
     print(f"{args.clients} clients x {args.requests} requests; {args.search_share:.0%} searches, "
           f"{args.rerank_share:.0%} reranked searches, the rest session writes (10 turns); embedder "
           f"{args.embedder}, reranker {args.reranker}, --workers {args.workers}; {args.users} users x "

@@ -665,6 +665,9 @@ def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
         typer.echo(f"{key}: {value}")
     for model, n in data["embedding_models"].items():
         typer.echo(f"embedding model {model}: {n} vectors")
+    cache = data["index_cache"]
+    typer.echo(f"index cache (this process): {cache['users']} users, {cache['bytes'] / 2**20:.1f} MiB of "
+               f"{cache['budget_bytes'] / 2**20:.0f} MiB, {cache['evictions']} evictions")
 
 
 # -- the service: `qrmem keys`, `qrmem serve`, `qrmem mcp` ------------------------------------------
