@@ -8,11 +8,15 @@ write costs about what the write added, not the user's whole history. Removed ro
 slots until they are a quarter of the index, then it is rebuilt. Results equal those of a fresh
 index: BM25 statistics are kept current, ties break by conversation order, never by slot.
 
-Indexes of many users share a byte budget (`IndexCache`, least recently used out first).
+Indexes of many users share a byte budget (`IndexCache`, least recently used out first). A Retriever
+may be shared by threads (`qrmem serve`): one user's index is updated and read under that user's
+lock (one of a fixed set of stripes), the cache under its own.
 """
 
 from __future__ import annotations
 
+import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,35 +108,40 @@ class IndexCache:
         self._items: OrderedDict[str, tuple[UserIndex, int]] = OrderedDict()  # user -> (index, bytes)
         self.nbytes = 0
         self.evictions = 0
+        self._lock = threading.Lock()
 
     def get(self, user_id: str) -> UserIndex | None:
-        item = self._items.get(user_id)
-        if item is None:
-            return None
-        self._items.move_to_end(user_id)
-        return item[0]
+        with self._lock:
+            item = self._items.get(user_id)
+            if item is None:
+                return None
+            self._items.move_to_end(user_id)
+            return item[0]
 
     def update(self, user_id: str, index: UserIndex) -> None:
         """Account `index` (new or changed) as the user's, most recently used, then keep the budget
         by dropping the least recently used others."""
-        old = self._items.pop(user_id, None)
         size = index.nbytes
-        self._items[user_id] = (index, size)
-        self.nbytes += size - (old[1] if old else 0)
-        for user in list(self._items):
-            if self.nbytes <= self.budget or user == user_id:
-                break
-            self.nbytes -= self._items.pop(user)[1]
-            self.evictions += 1
+        with self._lock:
+            old = self._items.pop(user_id, None)
+            self._items[user_id] = (index, size)
+            self.nbytes += size - (old[1] if old else 0)
+            for user in list(self._items):
+                if self.nbytes <= self.budget or user == user_id:
+                    break
+                self.nbytes -= self._items.pop(user)[1]
+                self.evictions += 1
 
     def pop(self, user_id: str) -> None:
-        item = self._items.pop(user_id, None)
-        if item is not None:
-            self.nbytes -= item[1]
+        with self._lock:
+            item = self._items.pop(user_id, None)
+            if item is not None:
+                self.nbytes -= item[1]
 
     def stats(self) -> dict[str, int]:
-        return {"users": len(self._items), "bytes": self.nbytes, "budget_bytes": self.budget,
-                "evictions": self.evictions}
+        with self._lock:
+            return {"users": len(self._items), "bytes": self.nbytes, "budget_bytes": self.budget,
+                    "evictions": self.evictions}
 
 
 class Retriever:
@@ -144,6 +153,10 @@ class Retriever:
         self._embedder = embedder  # called when first needed: the model loads lazily
         self.rrf_k = rrf_k
         self.cache = cache if cache is not None else IndexCache()
+        self._stripes = [threading.Lock() for _ in range(64)]
+
+    def _lock(self, user_id: str) -> threading.Lock:
+        return self._stripes[zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % len(self._stripes)]
 
     def forget(self, user_id: str) -> None:
         """Drop a user's index (a full reload follows; normal writes need no call: see `index`)."""
@@ -151,6 +164,10 @@ class Retriever:
 
     def index(self, user_id: str) -> UserIndex | None:
         """The user's index at the store's current revision (None: no such user)."""
+        with self._lock(user_id):
+            return self._refresh(user_id)
+
+    def _refresh(self, user_id: str) -> UserIndex | None:
         revision = self.store.revision(user_id)
         if revision is None:
             self.cache.pop(user_id)
@@ -193,17 +210,23 @@ class Retriever:
 
     def search(self, user_id: str, query: str, k: int, mode: str,
                flt: SearchFilter | None = None) -> list[tuple[ChunkRecord, float]]:
-        index = self.index(user_id)
+        q = self._embedder().embed([query])[0] if mode != "bm25" else None  # outside the lock
+        with self._lock(user_id):
+            return self._search(user_id, query, q, k, mode, flt)
+
+    def _search(self, user_id: str, query: str, q: np.ndarray | None, k: int, mode: str,
+                flt: SearchFilter | None) -> list[tuple[ChunkRecord, float]]:
+        index = self._refresh(user_id)
         if index is None or index.n_alive == 0:
             return []
         n, alive, order = len(index.chunks), index.alive.view, index.order.view
         before = (index.matrix is not None, index.bm25 is not None)
         if mode == "dense":
-            scores = np.where(alive, self._dense(index, query), -np.inf)
+            scores = np.where(alive, self._dense(index, q), -np.inf)
         elif mode == "bm25":
             scores = np.where(alive, self._bm25(index).scores(query), -np.inf)
         else:
-            dense = top_k(np.where(alive, self._dense(index, query), -np.inf), index.n_alive, order)
+            dense = top_k(np.where(alive, self._dense(index, q), -np.inf), index.n_alive, order)
             lexical = self._bm25(index).scores(query)  # removed slots score 0
             lexical_order = top_k(lexical, n, order)[: int(np.count_nonzero(lexical))]
             scores = np.where(alive, rrf([dense, lexical_order], n, self.rrf_k), -np.inf)
@@ -216,7 +239,7 @@ class Retriever:
             picked = top_k(np.where(keep, scores, -np.inf), min(k, int(keep.sum())), order)
         return [(index.chunks[i], float(scores[i])) for i in picked]
 
-    def _dense(self, index: UserIndex, query: str) -> np.ndarray:
+    def _dense(self, index: UserIndex, q: np.ndarray) -> np.ndarray:
         embedder = self._embedder()
         if index.matrix is None or index.model != embedder.name:
             live = index.live()
@@ -225,7 +248,6 @@ class Retriever:
             matrix = np.zeros((max(16, len(index.chunks)), vecs.shape[1] if len(vecs) else 1), dtype=np.float32)
             matrix[[index.slot_of[c.chunk_id] for c in live]] = vecs
             index.matrix, index.model = matrix, embedder.name
-        q = embedder.embed([query])[0]
         if q.shape[0] != index.matrix.shape[1]:
             raise InputError(f"query vector has {q.shape[0]} dims but stored vectors have "
                              f"{index.matrix.shape[1]}")

@@ -109,3 +109,29 @@ def test_the_index_cache_keeps_its_byte_budget(sqlite_db: str) -> None:
     stats = small.info()["index_cache"]
     assert stats["bytes"] <= stats["budget_bytes"] and stats["users"] == 1 and stats["evictions"] == 3
     assert [h.chunk_id for h in small.search("u2", "tea", k=3)] == [h.chunk_id for h in one.search("u2", "tea", k=3)]
+
+
+def test_threads_sharing_a_memory_see_every_write(sqlite_db: str) -> None:
+    """`qrmem serve` searches from several threads while others write: every search sees a whole,
+    current index and the result equals a fresh index's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(5)
+    mem = Memory(sqlite_db, embedder=HashingEmbedder(32))
+    mem.add_session("u", _turns(rng, 10), session_id="s0")
+    batches = [_turns(random.Random(i), 3) for i in range(12)]
+
+    def write(i: int) -> None:
+        mem.add_session("u", batches[i], session_id=f"w{i}")
+
+    def search(i: int) -> int:
+        return len(mem.search("u", QUERIES[i % len(QUERIES)], k=5))
+
+    with ThreadPoolExecutor(4) as pool:
+        writes = [pool.submit(write, i) for i in range(12)]
+        searches = [pool.submit(search, i) for i in range(40)]
+        assert [w.result() for w in writes] == [None] * 12  # no write raised
+        assert all(1 <= s.result() <= 5 for s in searches)
+    _same_answers(mem, sqlite_db, "u")
+    index = mem.retriever.cache.get("u")
+    assert index.n_alive == 10 + 12 * 3 == len(set(index.slot_of))
