@@ -25,6 +25,7 @@ import numpy as np
 
 from store import ChunkRecord, IndexChanges, InputError, Store
 from store.redact import get_logger
+from store.types import check_key
 
 from .embedders import Embedder
 from .filters import SearchFilter
@@ -210,6 +211,7 @@ class Retriever:
 
     def search(self, user_id: str, query: str, k: int, mode: str,
                flt: SearchFilter | None = None) -> list[tuple[ChunkRecord, float]]:
+        check_key(user_id, "user id")  # before any work (and before choosing its lock)
         q = self._embedder().embed([query])[0] if mode != "bm25" else None  # outside the lock
         with self._lock(user_id):
             return self._search(user_id, query, q, k, mode, flt)

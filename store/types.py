@@ -93,6 +93,15 @@ def shown(value: object) -> str:
     return ascii(value)
 
 
+def _check_text(v: str) -> str:
+    """Stored text (a turn's, a summary's): not blank, at most MAX_TEXT_LEN, storable everywhere."""
+    if not v.strip():
+        raise ValueError("text must not be empty")
+    if len(v) > MAX_TEXT_LEN:
+        raise ValueError(f"text is longer than {MAX_TEXT_LEN} characters")
+    return _storable(v, "text")
+
+
 def default_turn_id(session_id: str, index: int) -> str:
     """The external id the store gives a turn that has none: `SESSION:N`, N counted from 1."""
     return f"{session_id}:{index + 1}"
@@ -117,11 +126,7 @@ class TurnIn(BaseModel):
     @field_validator("text")
     @classmethod
     def _text(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("text must not be empty")
-        if len(v) > MAX_TEXT_LEN:
-            raise ValueError(f"text is longer than {MAX_TEXT_LEN} characters")
-        return _storable(v, "text")
+        return _check_text(v)
 
     @field_validator("time", "image_caption")
     @classmethod
@@ -256,11 +261,7 @@ class SummaryIn(BaseModel):
     @field_validator("text")
     @classmethod
     def _text(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("text must not be empty")
-        if len(v) > MAX_TEXT_LEN:
-            raise ValueError(f"text is longer than {MAX_TEXT_LEN} characters")
-        return _storable(v, "text")
+        return _check_text(v)
 
     @field_validator("model")
     @classmethod
