@@ -94,7 +94,8 @@ def many_users(db: str, users: int, per_user: int, budget_mib: int, searches: in
     mem = Memory(db, embedder=HashingEmbedder(256), index_cache_bytes=budget_mib << 20)
     t0 = time.perf_counter()
     batch = []
-    for u in range(users):
+    stored = mem.info()["users"]  # --db of an earlier run: ingest only what is missing
+    for u in range(stored, users):
         batch += [SessionIn(user_id=f"user{u}", session_id=f"s{j}", turns=turns(rng, 20, f"u{u}s{j}_"))
                   for j in range(per_user // 20)]
         if len(batch) >= 500:
@@ -130,11 +131,12 @@ def main() -> None:
     ap.add_argument("--turns-per-user", type=int, default=100)
     ap.add_argument("--budget-mib", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--db", default=None, help="--many-users: store to use (kept; an earlier run's is reused)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="qrmem-index-"))
     if args.many_users:
-        print(many_users(str(root / "many.db"), args.many_users, args.turns_per_user, args.budget_mib,
+        print(many_users(args.db or str(root / "many.db"), args.many_users, args.turns_per_user, args.budget_mib,
                          2000, rng))
         return
     backends = [("SQLite", lambda size: (str(root / f"u{size}.db"), None))]
