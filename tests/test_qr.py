@@ -43,7 +43,7 @@ def test_head_scores_select_and_calibration_switch(ranker: QRRanker) -> None:
     try:
         off = ranker.head_scores("kitten", DOCS, layers=[1, 3])
         np.testing.assert_allclose(off.raw, off.calibrated)
-        np.testing.assert_allclose(off.raw, hs.raw, atol=1e-6)
+        np.testing.assert_allclose(off.raw, hs.raw, atol=1e-5)  # one full pass vs a KV-cached one
     finally:
         ranker.config.calibrate = True
 

@@ -95,9 +95,26 @@ def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn
         raise InputError(f"{source.label} is not a decoder-only (causal) model")
     del layers[n_layers:]
     base.norm = torch.nn.Identity()  # nothing reads the final hidden states
+    skip_unread_output(layers[-1])
     base.set_attn_implementation(register(attn))
     base.eval().to(device)
     return base, tokenizer
+
+
+def skip_unread_output(layer) -> None:
+    """The last loaded layer's output is never read (only its keys and its query rows are): its
+    attention kernel is skipped (see `capture`) and its MLP replaced by zeros."""
+    import torch
+
+    from .capture import OUTPUT_UNUSED
+
+    class _Zeros(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros_like(x)
+
+    setattr(layer.self_attn, OUTPUT_UNUSED, True)
+    if isinstance(getattr(layer, "mlp", None), torch.nn.Module):
+        layer.mlp = _Zeros()
 
 
 SHIPPED_TRAINED = "smollm2-135m-instruct.trained"
