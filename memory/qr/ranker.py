@@ -25,12 +25,14 @@ from .checkpoints import apply_trained
 from .heads import (
     Head,
     HeadSpec,
+    check_budget,
     check_heads,
     default_head_file,
     parse_heads,
     read_head_file,
 )
 from .prompt import NULL_QUERY, PromptLayout, build_layout, chat_opening
+from .quantize import check_quantize, quantize_linear
 
 log = get_logger(__name__)
 
@@ -75,6 +77,7 @@ class QRRanker(Reranker):
         self.name = name
         self.heads = parse_heads(config.heads)
         self.trained_layers: list[int] = []  # decoder layers whose weights training changed
+        self.quantize: str | None = None  # "int8" when the linear layers are quantised
         mcfg = model.config
         self.n_heads = mcfg.num_attention_heads
         self.n_layers = len(model.layers)  # layers actually present
@@ -91,7 +94,8 @@ class QRRanker(Reranker):
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str] | None = None, *, heads: HeadSpec | None = None,
              device: str | None = None, dtype: str = "auto", attn_implementation: str = "auto",
-             trust_remote_code: bool = False, all_layers: bool = False, **options: Any) -> QRRanker:
+             trust_remote_code: bool = False, all_layers: bool = False, max_layer: int | None = None,
+             quantize: str | None = None, **options: Any) -> QRRanker:
         """A QRRanker from the embedded SmolLM2 (None), a local directory, a .gguf file or a hub id.
 
         `QRRanker.load()` is the embedded default: the trained SmolLM2 reranker shipped in
@@ -99,8 +103,10 @@ class QRRanker(Reranker):
         Heads come from `heads` (a list or `"20-15,21-11"`, or a head-file path), else from the model
         directory's `qrmem_heads.json`, else from the config's `qr_head_list` (the QRRanker
         checkpoint), else the shipped SmolLM2 list for the embedded model (so `load(heads=...)` on
-        the embedded model is untrained). `all_layers` keeps every layer (for head detection).
-        Other keyword options go to `QRConfig`.
+        the embedded model is untrained). `all_layers` keeps every layer (for head detection);
+        `max_layer` is a layer budget: no layer above it is loaded, and a head above it is an error.
+        `quantize="int8"` (CPU, float32) quantises the linear layers to int8 after loading (and
+        after merging trained weights). Other keyword options go to `QRConfig`.
         """
         from .. import models
         from . import loading
@@ -108,18 +114,25 @@ class QRRanker(Reranker):
         if trust_remote_code:
             log.warning("trust_remote_code=True: code shipped with %s will run on this machine",
                         name_or_path)
+        if max_layer is not None and (isinstance(max_layer, bool) or not isinstance(max_layer, int)
+                                      or max_layer < 0):
+            raise InputError(f"max_layer must be a layer number (0 or more), got {max_layer!r}")
+        if quantize is not None:  # refused before anything loads
+            require = models.pick_device(device)
+            check_quantize(quantize, require, models.pick_dtype(dtype, require))
         if name_or_path is None and heads is None and not all_layers:
             shipped = loading.shipped_trained()  # the trained SmolLM2 reranker, when one is shipped
             if shipped is not None:
                 return cls._load_trained(shipped, loading.trained_manifest(shipped), heads=None,
                                          device=device, dtype=dtype, attn_implementation=attn_implementation,
-                                         **options)
+                                         max_layer=max_layer, quantize=quantize, **options)
         source = models.resolve(name_or_path)
         trained = loading.trained_manifest(source)
         if trained is not None:
             return cls._load_trained(source, trained, heads=heads, device=device, dtype=dtype,
                                      attn_implementation=attn_implementation,
-                                     trust_remote_code=trust_remote_code, **options)
+                                     trust_remote_code=trust_remote_code, max_layer=max_layer,
+                                     quantize=quantize, **options)
         config = loading.load_config(source, trust_remote_code)
         loading.check_decoder_only(config, source.label)
         head_list, scoring = _resolve_heads(heads, source, config, name_or_path is None)
@@ -128,15 +141,21 @@ class QRRanker(Reranker):
         if head_list is None and not all_layers:
             raise InputError(f"no head list for {source.label}: pass heads=... (or --heads), or "
                              "detect them with `qrmem heads detect`")
-        parsed = parse_heads(head_list) if head_list else (Head(n_model_layers - 1, 0),)
+        top = n_model_layers - 1 if max_layer is None else min(max_layer, n_model_layers - 1)
+        parsed = parse_heads(head_list) if head_list else (Head(top, 0),)
         check_heads(parsed, n_model_layers, text_cfg.num_attention_heads, source.label)
-        n_layers = n_model_layers if all_layers else max(h.layer for h in parsed) + 1
+        check_budget(parsed, max_layer)
+        n_layers = top + 1 if all_layers else max(h.layer for h in parsed) + 1
         dev = models.pick_device(device)
         model, tokenizer = loading.load_base(
             source, config, n_layers=n_layers, device=dev, dtype=models.pick_dtype(dtype, dev),
             attn=models.pick_attention(attn_implementation, dev), trust_remote_code=trust_remote_code)
+        if quantize is not None:
+            quantize_linear(model, quantize)
         cfg = QRConfig(heads=[str(h) for h in parsed], **{**scoring, **options})
-        return cls(model, tokenizer, cfg, name=source.label, n_model_layers=n_model_layers)
+        ranker = cls(model, tokenizer, cfg, name=source.label, n_model_layers=n_model_layers)
+        ranker.quantize = quantize
+        return ranker
 
     @classmethod
     def _load_trained(cls, source: Any, manifest: dict[str, Any], *, heads: HeadSpec | None,
@@ -146,8 +165,12 @@ class QRRanker(Reranker):
 
         heads = heads if heads is not None else manifest["heads"]
         kwargs = {**manifest.get("scoring", {}), **kwargs}
+        quantize = kwargs.pop("quantize", None)
         ranker = cls.load(manifest.get("base"), heads=heads, **kwargs)
         apply_trained(ranker.model, Path(source.path), manifest)
+        if quantize is not None:  # after the trained weights are merged in
+            quantize_linear(ranker.model, quantize)
+            ranker.quantize = quantize
         ranker.trained_layers = list(manifest.get("trained_layers", []))
         ranker.name = source.label
         return ranker
