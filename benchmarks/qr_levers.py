@@ -32,7 +32,7 @@ from memory.qr.detect import head_quality, top_heads
 from store.files import write_private
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/locomo/locomo_dev.json"
-BUDGETS = (5, 7, 9, 11, 13, 15, 17, 19, 23, 29)
+BUDGETS = (5, 7, 9, 11, 13, 15, 17, 19, 21, 23)
 
 
 def evaluate(scores_list, cands):
@@ -57,7 +57,8 @@ def main() -> None:
     ap.add_argument("--db", required=True)
     ap.add_argument("--cache", default="/tmp/qr_levers.npz")
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--eval-questions", type=int, default=160, help="the first N of the 160 held-out questions")
     ap.add_argument("--top", type=int, default=8, help="heads per budget")
     args = ap.parse_args()
 
@@ -69,7 +70,7 @@ def main() -> None:
     seed_convs = {"conv-26", "conv-30"}
     rng = random.Random(0)  # the sampling of benchmarks/qr_sweep.py
     seed_q = rng.sample([q for q in questions if q.user_id in seed_convs], 64)
-    eval_q = rng.sample([q for q in questions if q.user_id not in seed_convs], 160)
+    eval_q = rng.sample([q for q in questions if q.user_id not in seed_convs], 160)[: args.eval_questions]
     seed_c, eval_c = first_stage_candidates(mem, seed_q, 20), first_stage_candidates(mem, eval_q, 20)
     cache = Path(args.cache)
     store = dict(np.load(cache)) if cache.exists() else {}
@@ -85,6 +86,9 @@ def main() -> None:
         t0 = time.perf_counter()
         for i, c in enumerate(cands):
             store[f"{name}/{i}"] = np.asarray(fn(ranker, c), dtype=np.float32)
+            if (i + 1) % 20 == 0:
+                print(f"  {name}: {i + 1}/{len(cands)}, {(time.perf_counter() - t0) / (i + 1):.2f} s/question",
+                      flush=True)
         store[f"{name}/done"] = np.array([(time.perf_counter() - t0) / len(cands)])
         save()
         print(f"{name}: {len(cands)} questions, {store[f'{name}/done'][0]:.2f} s/question", flush=True)
@@ -94,7 +98,7 @@ def main() -> None:
 
     collect("shipped", QRRanker.load(), eval_c, score)
     collect("int8", QRRanker.load(quantize="int8"), eval_c, score)
-    full = QRRanker.load(all_layers=True)  # untrained, every layer: calibrated on the seed, raw held out
+    full = QRRanker.load(all_layers=True, max_layer=max(BUDGETS))  # untrained: calibrated on the seed, raw held out
     collect("seed", full, seed_c, lambda r, c: r.head_scores(c.question.question, list(c.texts),
                                                              contexts=list(c.dates)).calibrated)
     full.config.calibrate = False
@@ -116,7 +120,7 @@ def main() -> None:
                                                                   for a, b in zip(shipped, int8)])), 4)}
     seed, held = arr("seed", len(seed_c)), arr("eval", len(eval_c))
     gold = [c.gold_mask() for c in seed_c]
-    quality = head_quality(seed, gold, "qr")  # (30, H)
+    quality = head_quality(seed, gold, "qr")  # (max(BUDGETS) + 1, H)
     budgets = {}
     for n in BUDGETS:
         heads = top_heads(quality[: n + 1], args.top)
