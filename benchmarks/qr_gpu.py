@@ -29,19 +29,20 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
 SHAPES = {
-    "qrranker-4b": dict(kind="qwen3", hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
-                        keep=25, heads="20-15,21-11,17-27,23-10,22-4,21-10,21-8,21-18,18-15,18-19,17-25,"
-                                        "17-17,24-13,17-4,19-12,21-31"),
-    "smollm2": dict(kind="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
-                    keep=24, heads="21-2,15-6,18-7,23-2,23-4,17-4,23-7,21-8"),
-    "tiny": dict(kind="qwen3", hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                 num_attention_heads=8, num_key_value_heads=2, head_dim=16, vocab_size=1000,
-                 keep=3, heads="1-0,2-5"),
+    "qrranker-4b": {"kind": "qwen3", "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+                    "keep": 25, "heads": ("20-15,21-11,17-27,23-10,22-4,21-10,21-8,21-18,18-15,18-19,17-25,"
+                                          "17-17,24-13,17-4,19-12,21-31")},
+    "smollm2": {"kind": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
+                "keep": 24, "heads": "21-2,15-6,18-7,23-2,23-4,17-4,23-7,21-8"},
+    "tiny": {"kind": "qwen3", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+             "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 1000,
+             "keep": 3, "heads": "1-0,2-5"},
 }
-WORDS = ("kitten marathon sunrise painting support group Lisbon grey tabby violin passport river "
-         "volcano documentary fence weather pasta mushrooms bridge traffic brother sister flat").split()
+WORDS = ["kitten", "marathon", "sunrise", "painting", "support", "group", "Lisbon", "grey", "tabby", "violin",
+         "passport", "river", "volcano", "documentary", "fence", "weather", "pasta", "mushrooms", "bridge",
+         "traffic", "brother", "sister", "flat"]
 
 
 def tokenizer():
@@ -54,8 +55,8 @@ def tokenizer():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([" ".join(WORDS)] * 20 + ["Here are some retrieved chunks: Use the retrieved "
-                                                      "chunks to answer the user's query. Query:"] * 5, trainer)
+    glue = "Here are some retrieved chunks: Use the retrieved chunks to answer the user's query. Query:"
+    tok.train_from_iterator([" ".join(WORDS)] * 20 + [glue] * 5, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 

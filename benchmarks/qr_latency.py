@@ -136,14 +136,15 @@ def main() -> None:
             tokens.append(len(layout))
             ids = torch.tensor([layout.input_ids], device=device)
             null_ids = torch.tensor([null.input_ids], device=device)
-            fns = {}
+            fns = {}  # called within this iteration only; defaults bind this question's inputs
             for name, r in rankers.items():
-                fns[name] = (lambda r=r: (r.rank(q, docs, contexts=ctx), sync()))
-            fns["honest"] = lambda: (full(input_ids=ids, logits_to_keep=1), sync())
-            fns["(a) old"] = lambda: (full(input_ids=ids), sync())
+                fns[name] = (lambda r=r, q=q, docs=docs, ctx=ctx: (r.rank(q, docs, contexts=ctx), sync()))
+            fns["honest"] = lambda ids=ids: (full(input_ids=ids, logits_to_keep=1), sync())
+            fns["(a) old"] = lambda ids=ids: (full(input_ids=ids), sync())
             if naive is not None:
-                fns["(b) naive"] = lambda: (naive(input_ids=ids, output_attentions=True),
-                                            naive(input_ids=null_ids, output_attentions=True), sync())
+                fns["(b) naive"] = lambda ids=ids, null_ids=null_ids: (
+                    naive(input_ids=ids, output_attentions=True),
+                    naive(input_ids=null_ids, output_attentions=True), sync())
             with torch.inference_mode():
                 for rep in range(args.repeats + (1 if qi == 0 else 0)):  # one warm-up round per K
                     for name in names:
@@ -179,7 +180,7 @@ def main() -> None:
     print(f"\nrank_many, {len(qs)} questions (K=20, dates):")
     for bs in (int(x) for x in args.batches.split(",")):
         for name in batch_rankers:  # interleaved
-            dt, added = peak_added(lambda: rankers[name].rank_many(qs, lists, ctxs, batch_size=bs))
+            dt, added = peak_added(lambda name=name, bs=bs: rankers[name].rank_many(qs, lists, ctxs, batch_size=bs))
             results["batch"][f"{name} b{bs}"] = {"queries_per_s": len(qs) / dt, "peak_added_mib": added}
             print(f"  {name:14s} batch {bs:2d}: {len(qs) / dt:5.2f} queries/s  peak +{added:.0f} MiB")
     if args.out:
