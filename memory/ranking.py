@@ -51,11 +51,15 @@ class Reranker(ABC):
              summary: str | None = None) -> RankedResults:
         """Docs sorted by score, best first (ties keep input order)."""
         validate(query, docs, contexts)
-        scores = self.score(query, docs, contexts=contexts, summary=summary)
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
-        return RankedResults(query, tuple(
-            RankedResult(index=i, score=float(scores[i]), rank=r, text=docs[i])
-            for r, i in enumerate(order, start=1)))
+        return ranked(query, docs, self.score(query, docs, contexts=contexts, summary=summary))
+
+
+def ranked(query: str, docs: Sequence[str], scores: Sequence[float]) -> RankedResults:
+    """Docs sorted by their scores, best first (ties keep input order)."""
+    order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
+    return RankedResults(query, tuple(
+        RankedResult(index=i, score=float(scores[i]), rank=r, text=docs[i])
+        for r, i in enumerate(order, start=1)))
 
 
 def validate(query: str, docs: Sequence[str], contexts: Sequence[str | None] | None) -> None:

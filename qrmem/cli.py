@@ -119,9 +119,13 @@ class ModelOptions:
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="run code shipped with a hub model (needed by MindscapeRAG/QRRanker)",
         rich_help_panel="Model")] = False
+    quantize: Annotated[str | None, typer.Option(
+        "--quantize", callback=_given, help="int8: dynamic int8 quantisation of the linear layers (CPU, float32)",
+        rich_help_panel="Model")] = None
 
     def load_options(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype, "trust_remote_code": self.trust_remote_code}
+        return {"device": self.device, "dtype": self.dtype, "trust_remote_code": self.trust_remote_code,
+                **({} if self.quantize is None else {"quantize": self.quantize})}
 
 
 @dataclass
@@ -193,7 +197,8 @@ def load_ranker(spec: str, model: ModelOptions, heads: HeadOptions | None = None
     qr_options = {**model.load_options(), **(heads.load_options() if heads else {})}
     if name != "qr":
         given = [o for o, v in (("--model", model.model), ("--heads", heads and heads.heads),
-                                ("--calibrate", heads and heads.calibrate is not None)) if v]
+                                ("--calibrate", heads and heads.calibrate is not None),
+                                ("--quantize", model.quantize)) if v]
         if given:
             raise InputError(f"{', '.join(given)} apply to the qr reranker, not {spec!r}")
         return load_reranker(spec)
@@ -327,6 +332,8 @@ def rank(
 
 RerankKOpt = Annotated[int, typer.Option(
     "--rerank-k", "--k", help="first-stage candidates per question (the reranker's shortlist)")]
+MaxLayerOpt = Annotated[int | None, typer.Option(
+    "--max-layer", min=0, help="layer budget: no layer above it is loaded or scored (0-based) [default: all]")]
 SeedDbOpt = Annotated[str | None, typer.Option(
     "--db", callback=_given, help="LoCoMo: store to ingest into [default: a temp file]")]
 
@@ -350,6 +357,7 @@ def heads_detect(
     db: SeedDbOpt = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing head file")] = False,
+    max_layer: MaxLayerOpt = None,
 ) -> None:
     """Score every (layer, head) on seed queries and write the best as a head list."""
     from agent.locomo import load_records, parse_conversations
@@ -360,7 +368,7 @@ def heads_detect(
     records = load_records(data, rerank_k=rerank_k, db=db, conversations=parse_conversations(conversations))
     det = detect_heads(records, model=model.model, method=method, top=top, limit=limit, seed=seed,
                        progress=sys.stderr.isatty(), meta={"seed_data": data.name, "rerank_k": rerank_k},
-                       **model.load_options())
+                       max_layer=max_layer, **model.load_options())
     head_file, png = write(det, out, force=force)
     typer.echo(f"{len(det.heads)} heads by {method} on {det.queries} queries: {', '.join(map(str, det.heads))}")
     typer.echo(f"top-{top} overlap across random halves of the queries: {det.stability:.2f}")
@@ -393,6 +401,7 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint")] = False,
+    max_layer: MaxLayerOpt = None,
 ) -> None:
     """Train QR heads listwise (group-wise contrastive loss on max-min normalised QR scores).
 
@@ -403,6 +412,9 @@ def train(
     from memory.qr.data import split_and_sample
     from memory.qr.train import TrainConfig, train_heads
 
+    if model.quantize is not None:  # before the data is read
+        raise InputError("--quantize applies to ranking and head detection; a quantised model cannot be "
+                         "trained: leave it out and quantise the trained model when you load it")
     cfg = TrainConfig(method=method, epochs=epochs, lr=lr, grad_accum=grad_accum, lora_r=lora_r,
                       lora_alpha=2 * lora_r, layers_from=layers_from, temperature=temperature,
                       max_steps=max_steps, seed=seed, gradient_checkpointing=gradient_checkpointing)
@@ -412,7 +424,8 @@ def train(
     typer.echo(f"training on {len(train_recs)} queries ({len({r.split_key for r in train_recs})} groups), "
                f"validating on {len(val_recs)} ({', '.join(sorted({r.split_key for r in val_recs}))})")
     report = train_heads(train_recs, val_recs, out, cfg, model=model.model, resume=resume,
-                         progress=sys.stderr.isatty(), **model.load_options(), **qr.load_options())
+                         progress=sys.stderr.isatty(), max_layer=max_layer, **model.load_options(),
+                         **qr.load_options())
     typer.echo(f"before training: {report.baseline}")
     for ep in report.epochs:
         typer.echo(f"epoch {ep.epoch}: loss {ep.train_loss:.4f}, {ep.seconds_per_query:.2f}s/query, "

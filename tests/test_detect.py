@@ -100,3 +100,31 @@ def test_cli_heads_detect_writes_heads_table_and_heatmap(tiny_lm, tmp_path: Path
     res = CliRunner().invoke(app, ["heads", "detect", "--data", str(data), "--method", "magic",
                                    "--out", str(out), "--model", str(tiny_lm("llama"))])
     assert res.exit_code == 1 and "unknown method 'magic'" in res.stderr
+
+
+def test_cli_heads_detect_under_a_layer_budget(tiny_lm, tmp_path: Path) -> None:
+    """--max-layer loads and scores only layers 0..N: the table has N+1 rows, the heads stay in them,
+    and each row equals the same row detected with every layer (a causal model's lower layers do not
+    depend on the upper ones)."""
+    lines = [json.dumps({"id": i, "group": f"g{i % 2}", "question": f"about {w}?",
+                         "paragraphs": [{"idx": j, "paragraph_text": f"This is about {v}.", "is_supporting": v == w}
+                                        for j, v in enumerate(["kitten Miso", "marathon Lisbon", "support group"])]})
+             for i, w in enumerate(["kitten Miso", "marathon Lisbon", "support group"] * 2)]
+    data = tmp_path / "seed.jsonl"
+    data.write_text("\n".join(lines))
+    tables = {}
+    for budget in (None, 1):
+        out = tmp_path / f"heads-{budget}.json"
+        args = ["heads", "detect", "--data", str(data), "--top", "3", "--out", str(out),
+                "--model", str(tiny_lm("llama"))] + ([] if budget is None else ["--max-layer", str(budget)])
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        saved = json.loads(out.read_text())
+        tables[budget] = np.array(saved["table"]["qr"])
+        if budget is not None:
+            assert saved["max_layer"] == 1 and all(int(h.split("-")[0]) <= 1 for h in saved["heads"])
+    assert tables[None].shape == (4, 4) and tables[1].shape == (2, 4)
+    np.testing.assert_allclose(tables[1], tables[None][:2], atol=1e-4)
+    res = CliRunner().invoke(app, ["heads", "detect", "--data", str(data), "--out", str(tmp_path / "x.json"),
+                                   "--model", str(tiny_lm("llama")), "--max-layer", "-1"])
+    assert res.exit_code == 2 and "greater than or equal to 0" in res.output

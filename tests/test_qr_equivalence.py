@@ -75,3 +75,43 @@ def test_cut_model_scores_like_the_full_one(kind: str, tiny_lm) -> None:
     ranked = cut.rank("kitten", docs)
     assert [r.index for r in ranked] == list(np.argsort(-np.array(cut.score("kitten", docs)), kind="stable"))
     assert ranked.top_k(2)[0].rank == 1 and ranked[0].text == docs[ranked[0].index]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_rank_many_pads_a_batch_and_equals_rank_per_query(kind: str, tiny_lm) -> None:
+    """Prompts of different lengths in one right-padded forward: every query's scores equal its own
+    `rank`, with and without calibration, in batches that split the queries unevenly."""
+    ranker = QRRanker.load(str(tiny_lm(kind)), heads="1-0,2-1,3-3", dtype="float32")
+    queries = ["When did Melanie paint a sunrise?", "kitten name", "Which marathon is Ben training for?"]
+    lists = [CORPUS[:4], [CORPUS[2], CORPUS[0]], CORPUS[:3] + [CORPUS[3] + " " + CORPUS[1]]]
+    contexts = [["8 May 2023"] * 4, None, ["1 June 2022", None, "", "3 July 2021"]]
+    for calibrate in (False, True):
+        ranker.config.calibrate = calibrate
+        single = [ranker.rank(q, d, contexts=c) for q, d, c in zip(queries, lists, contexts)]
+        for batch_size in (1, 2, 16):
+            many = ranker.rank_many(queries, lists, contexts, batch_size=batch_size)
+            assert len(many) == 3
+            for one, batched in zip(single, many):
+                assert [r.index for r in batched] == [r.index for r in one]
+                np.testing.assert_allclose([r.score for r in batched], [r.score for r in one], atol=1e-4, rtol=0)
+        assert len({len(ranker.layout(q, d, c)) for q, d, c in zip(queries, lists, contexts)}) == 3  # padding
+
+
+def test_rank_many_windows_and_bad_input(tiny_lm) -> None:
+    from store import InputError
+
+    small = QRRanker.load(str(tiny_lm("llama")), heads="3-0,3-1", dtype="float32", max_tokens=120,
+                          calibrate=False)
+    docs = CORPUS * 2  # two or more windows of 120 tokens
+    hs = small.head_scores("marathon", docs)
+    (many,) = small.head_scores_many(["marathon"], [docs], layers=[3])
+    assert hs.windows > 1 and many.windows == hs.windows
+    np.testing.assert_allclose(many.raw, hs.raw[3:], atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="one candidate list per query"):
+        small.rank_many(["a", "b"], [CORPUS])
+    with pytest.raises(InputError, match="candidate 1 must be a non-empty string"):
+        small.rank_many(["a"], [["x", " "]])
+    with pytest.raises(InputError, match="non-empty list of queries"):
+        small.rank_many([], [])
+    with pytest.raises(InputError, match="batch_size"):
+        small.rank_many(["a"], [CORPUS], batch_size=0)

@@ -75,3 +75,18 @@ def test_memory_search_with_the_default_reranker(sqlite_db: str, smol, minilm) -
     assert hits[0].turn_ids == ("D1:3",)
     hits = mem.search("tiny-2", "Which dog did Dev adopt?", k=1, rerank=True)
     assert hits[0].turn_ids == ("D2:2",)
+
+
+def test_int8_quantised_default_still_finds_the_needle(smol) -> None:
+    """int8 dynamic quantisation (linear layers, after the trained weights are merged) keeps the
+    planted needle first and the ranking close to float32 on a real model."""
+    fp32 = smol[0]
+    q8 = QRRanker.load(quantize="int8")
+    assert q8.quantize == "int8" and q8.name == fp32.name
+    docs = FILLER[:4] + [NEEDLE] + FILLER[4:]
+    a = fp32.score("What is the name of Ana's kitten?", docs)
+    b = q8.score("What is the name of Ana's kitten?", docs)
+    assert a != b
+    assert max(range(len(b)), key=b.__getitem__) == 4
+    many = q8.rank_many(["What is the name of Ana's kitten?"] * 2, [docs, docs[::-1]])
+    assert [m[0].index for m in many] == [4, len(docs) - 5]

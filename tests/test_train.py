@@ -114,3 +114,24 @@ def test_cli_train_on_records(tiny_lm, tmp_path: Path) -> None:
     assert "training on 6 queries" in res.stdout and "validating on 4 (b0, b1)" in res.stdout
     assert "epoch 1: loss" in res.stdout
     assert QRRanker.load(str(out)).heads[0].layer == 2
+
+
+def test_train_under_a_layer_budget_refuses_heads_above_it(tiny_lm, tmp_path: Path) -> None:
+    from memory.qr.train import train_heads
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(r.model_dump_json() for r in records(4, "a") + records(2, "b")))
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--model",
+                                   str(tiny_lm("llama")), "--heads", "2-1,3-0", "--max-layer", "2",
+                                   "--val-conversations", "b0,b1"])
+    assert res.exit_code == 1 and "heads 3-0 lie above the layer budget 2" in res.stderr
+    assert not (tmp_path / "m").exists()
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "q"), "--model",
+                                   str(tiny_lm("llama")), "--heads", "1-1", "--quantize", "int8"])
+    assert res.exit_code == 1 and "cannot be trained" in res.stderr
+    cfg = TrainConfig(grad_accum=2, max_steps=1)
+    report = train_heads(records(4, "a"), [], tmp_path / "ok", cfg, model=str(tiny_lm("llama")),
+                         heads="1-1,2-0", max_layer=2, dtype="float32")
+    assert report.out.is_dir()
+    ranker = QRRanker.load(str(tmp_path / "ok"))
+    assert len(ranker.model.layers) == 3 and [str(h) for h in ranker.heads] == ["1-1", "2-0"]

@@ -133,18 +133,24 @@ def detect(ranker: Any, records: Sequence[Any], *, method: str = "qr", top: int 
 def detect_heads(records: Sequence[Any], *, model: str | None = None, method: str = "qr", top: int = 16,
                  limit: int | None = 64, seed: int = 0, device: str | None = None, dtype: str = "auto",
                  trust_remote_code: bool = False, progress: bool = False,
-                 meta: dict[str, Any] | None = None) -> Detection:
-    """`qrmem heads detect`: load `model` with every layer, score every head on up to `limit` seed
-    records that have a gold candidate (seeded sample), keep the best `top` by `method`."""
+                 meta: dict[str, Any] | None = None, max_layer: int | None = None,
+                 quantize: str | None = None) -> Detection:
+    """`qrmem heads detect`: load `model` with every layer (up to `max_layer`, a layer budget, when
+    given), score every head on up to `limit` seed records that have a gold candidate (seeded
+    sample), keep the best `top` by `method`."""
     from .data import sample
     from .ranker import QRRanker
 
     check_method(method)  # before the model loads
     records = sample(records, limit, seed)
     ranker = QRRanker.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                           all_layers=True)
+                           all_layers=True, max_layer=max_layer, quantize=quantize)
     meta = {**(meta or {}), "limit": limit, "sampling_seed": seed,
             "groups": sorted({r.split_key for r in records})}
+    if max_layer is not None:
+        meta["max_layer"] = max_layer
+    if quantize is not None:
+        meta["quantize"] = quantize
     return detect(ranker, records, method=method, top=top, seed=seed, progress=progress, meta=meta)
 
 

@@ -61,6 +61,16 @@ def check_heads(heads: Sequence[Head], n_layers: int, n_heads: int, model: str) 
                              "heads (0-based LAYER-HEAD)")
 
 
+def check_budget(heads: Sequence[Head], max_layer: int | None) -> None:
+    """Refuse heads above a layer budget (`max_layer`, 0-based, inclusive)."""
+    if max_layer is None:
+        return
+    over = [str(h) for h in heads if h.layer > max_layer]
+    if over:
+        raise InputError(f"heads {', '.join(over)} lie above the layer budget {max_layer}; use heads in "
+                         f"layers 0-{max_layer} (`qrmem heads detect --max-layer {max_layer}` finds them)")
+
+
 def read_head_file(path: str | Path) -> dict[str, Any]:
     """A head file: JSON with `"heads": ["layer-head", ...]` best first, plus whatever produced it."""
     data = parse_json(read_text(path, "head file"), str(path))

@@ -71,10 +71,7 @@ def cut_config(config, n_layers: int):
 def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn: str,
               trust_remote_code: bool):
     """The decoder stack (no LM head, no final norm) with only its first `n_layers` layers."""
-    import torch
     from transformers import AutoModel, AutoTokenizer
-
-    from .capture import register
 
     cut_config(config, n_layers)
     try:
@@ -93,11 +90,38 @@ def load_base(source: Source, config, *, n_layers: int, device: str, dtype, attn
                          "(.layers[i].self_attn); QRRanker needs one (Llama, Qwen2, Qwen3, ...)")
     if not all(getattr(layer.self_attn, "is_causal", True) for layer in layers):
         raise InputError(f"{source.label} is not a decoder-only (causal) model")
-    del layers[n_layers:]
-    base.norm = torch.nn.Identity()  # nothing reads the final hidden states
-    base.set_attn_implementation(register(attn))
+    prepare_stack(base, n_layers, attn)
     base.eval().to(device)
     return base, tokenizer
+
+
+def prepare_stack(base, n_layers: int, attn: str) -> None:
+    """Cut a decoder stack (`.layers`, `.norm`) to QR scoring: keep the first `n_layers` layers,
+    drop the final norm, skip the last layer's unread output, capture through `attn`'s kernel."""
+    import torch
+
+    from .capture import register
+
+    del base.layers[n_layers:]
+    base.norm = torch.nn.Identity()  # nothing reads the final hidden states
+    skip_unread_output(base.layers[-1])
+    base.set_attn_implementation(register(attn))
+
+
+def skip_unread_output(layer) -> None:
+    """The last loaded layer's output is never read (only its keys and its query rows are): its
+    attention kernel is skipped (see `capture`) and its MLP replaced by zeros."""
+    import torch
+
+    from .capture import OUTPUT_UNUSED
+
+    class _Zeros(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros_like(x)
+
+    setattr(layer.self_attn, OUTPUT_UNUSED, True)
+    if isinstance(getattr(layer, "mlp", None), torch.nn.Module):
+        layer.mlp = _Zeros()
 
 
 SHIPPED_TRAINED = "smollm2-135m-instruct.trained"

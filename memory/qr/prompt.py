@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from store.errors import InputError
 
 HEADER = "Here are some retrieved chunks:\n\n"
@@ -48,12 +50,16 @@ def chat_opening(tokenizer) -> str:
     return text.split(_SENTINEL)[0]
 
 
-def _token_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
-    """Tokens overlapping the character range [start, end)."""
-    idx = [i for i, (s, e) in enumerate(offsets) if e > start and s < end and e > s]
-    if not idx:
+def _token_spans(offsets: np.ndarray, char_spans: np.ndarray) -> np.ndarray:
+    """(N, 2) token spans [first, last + 1) of the non-empty tokens overlapping each character range
+    [start, end) of `char_spans` (N, 2), from the tokenizer's (T, 2) offsets; one array operation."""
+    s, e = offsets[None, :, 0], offsets[None, :, 1]  # (1, T)
+    hit = (e > char_spans[:, :1]) & (s < char_spans[:, 1:]) & (e > s)  # (N, T)
+    if not hit.any(axis=1).all():
         raise InputError("a candidate or the query produced no tokens")
-    return idx[0], idx[-1] + 1
+    first = hit.argmax(axis=1)
+    last = hit.shape[1] - hit[:, ::-1].argmax(axis=1)
+    return np.stack([first, last], axis=1)
 
 
 def build_layout(tokenizer, opening: str, query: str, docs: Sequence[str],
@@ -72,9 +78,9 @@ def build_layout(tokenizer, opening: str, query: str, docs: Sequence[str],
     q_start = len(text)
     text += query
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
-    spans = tuple(_token_span(offsets, s, e) for s, e in char_spans)
-    q_span = _token_span(offsets, q_start, len(text))
-    q_span = (q_span[0], len(offsets))
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)  # (T, 2)
+    found = _token_spans(offsets, np.asarray([*char_spans, (q_start, len(text))], dtype=np.int64))
+    spans = tuple((int(a), int(b)) for a, b in found[:-1])
+    q_span = (int(found[-1, 0]), len(offsets))
     assert all(e <= q_span[0] for _, e in spans), "chunks must end before the query starts"
     return PromptLayout(tuple(enc["input_ids"]), spans, q_span)

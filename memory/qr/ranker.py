@@ -20,17 +20,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from store.errors import InputError
 from store.redact import get_logger
 
-from ..ranking import Reranker, validate
+from ..ranking import RankedResults, Reranker, ranked, validate
 from .checkpoints import apply_trained
 from .heads import (
     Head,
     HeadSpec,
+    check_budget,
     check_heads,
     default_head_file,
     parse_heads,
     read_head_file,
 )
 from .prompt import NULL_QUERY, PromptLayout, build_layout, chat_opening
+from .quantize import check_quantize, quantize_linear
 
 log = get_logger(__name__)
 
@@ -60,8 +62,8 @@ class HeadScores:
     def select(self, heads: Sequence[Head], calibrated: bool = True) -> np.ndarray:
         """(len(heads), N) rows for the given heads."""
         src = self.calibrated if calibrated else self.raw
-        row = {layer: i for i, layer in enumerate(self.layers)}
-        return np.stack([src[row[h.layer], h.head] for h in heads])
+        rows = np.searchsorted(self.layers, [h.layer for h in heads])
+        return src[rows, [h.head for h in heads]]
 
 
 class QRRanker(Reranker):
@@ -75,6 +77,7 @@ class QRRanker(Reranker):
         self.name = name
         self.heads = parse_heads(config.heads)
         self.trained_layers: list[int] = []  # decoder layers whose weights training changed
+        self.quantize: str | None = None  # "int8" when the linear layers are quantised
         mcfg = model.config
         self.n_heads = mcfg.num_attention_heads
         self.n_layers = len(model.layers)  # layers actually present
@@ -84,13 +87,15 @@ class QRRanker(Reranker):
         limit = getattr(mcfg, "max_position_embeddings", None) or 8192
         self.max_tokens = min(config.max_tokens or limit, limit)
         self._opening = chat_opening(tokenizer)
+        self._null_tokens: dict[str, int] = {}  # null query -> its token count
 
     # -- loading ------------------------------------------------------------------------------------
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str] | None = None, *, heads: HeadSpec | None = None,
              device: str | None = None, dtype: str = "auto", attn_implementation: str = "auto",
-             trust_remote_code: bool = False, all_layers: bool = False, **options: Any) -> QRRanker:
+             trust_remote_code: bool = False, all_layers: bool = False, max_layer: int | None = None,
+             quantize: str | None = None, **options: Any) -> QRRanker:
         """A QRRanker from the embedded SmolLM2 (None), a local directory, a .gguf file or a hub id.
 
         `QRRanker.load()` is the embedded default: the trained SmolLM2 reranker shipped in
@@ -98,8 +103,10 @@ class QRRanker(Reranker):
         Heads come from `heads` (a list or `"20-15,21-11"`, or a head-file path), else from the model
         directory's `qrmem_heads.json`, else from the config's `qr_head_list` (the QRRanker
         checkpoint), else the shipped SmolLM2 list for the embedded model (so `load(heads=...)` on
-        the embedded model is untrained). `all_layers` keeps every layer (for head detection).
-        Other keyword options go to `QRConfig`.
+        the embedded model is untrained). `all_layers` keeps every layer (for head detection);
+        `max_layer` is a layer budget: no layer above it is loaded, and a head above it is an error.
+        `quantize="int8"` (CPU, float32) quantises the linear layers to int8 after loading (and
+        after merging trained weights). Other keyword options go to `QRConfig`.
         """
         from .. import models
         from . import loading
@@ -107,18 +114,25 @@ class QRRanker(Reranker):
         if trust_remote_code:
             log.warning("trust_remote_code=True: code shipped with %s will run on this machine",
                         name_or_path)
+        if max_layer is not None and (isinstance(max_layer, bool) or not isinstance(max_layer, int)
+                                      or max_layer < 0):
+            raise InputError(f"max_layer must be a layer number (0 or more), got {max_layer!r}")
+        if quantize is not None:  # refused before anything loads
+            require = models.pick_device(device)
+            check_quantize(quantize, require, models.pick_dtype(dtype, require))
         if name_or_path is None and heads is None and not all_layers:
             shipped = loading.shipped_trained()  # the trained SmolLM2 reranker, when one is shipped
             if shipped is not None:
                 return cls._load_trained(shipped, loading.trained_manifest(shipped), heads=None,
                                          device=device, dtype=dtype, attn_implementation=attn_implementation,
-                                         **options)
+                                         max_layer=max_layer, quantize=quantize, **options)
         source = models.resolve(name_or_path)
         trained = loading.trained_manifest(source)
         if trained is not None:
             return cls._load_trained(source, trained, heads=heads, device=device, dtype=dtype,
                                      attn_implementation=attn_implementation,
-                                     trust_remote_code=trust_remote_code, **options)
+                                     trust_remote_code=trust_remote_code, max_layer=max_layer,
+                                     quantize=quantize, **options)
         config = loading.load_config(source, trust_remote_code)
         loading.check_decoder_only(config, source.label)
         head_list, scoring = _resolve_heads(heads, source, config, name_or_path is None)
@@ -127,15 +141,21 @@ class QRRanker(Reranker):
         if head_list is None and not all_layers:
             raise InputError(f"no head list for {source.label}: pass heads=... (or --heads), or "
                              "detect them with `qrmem heads detect`")
-        parsed = parse_heads(head_list) if head_list else (Head(n_model_layers - 1, 0),)
+        top = n_model_layers - 1 if max_layer is None else min(max_layer, n_model_layers - 1)
+        parsed = parse_heads(head_list) if head_list else (Head(top, 0),)
         check_heads(parsed, n_model_layers, text_cfg.num_attention_heads, source.label)
-        n_layers = n_model_layers if all_layers else max(h.layer for h in parsed) + 1
+        check_budget(parsed, max_layer)
+        n_layers = top + 1 if all_layers else max(h.layer for h in parsed) + 1
         dev = models.pick_device(device)
         model, tokenizer = loading.load_base(
             source, config, n_layers=n_layers, device=dev, dtype=models.pick_dtype(dtype, dev),
             attn=models.pick_attention(attn_implementation, dev), trust_remote_code=trust_remote_code)
+        if quantize is not None:
+            quantize_linear(model, quantize)
         cfg = QRConfig(heads=[str(h) for h in parsed], **{**scoring, **options})
-        return cls(model, tokenizer, cfg, name=source.label, n_model_layers=n_model_layers)
+        ranker = cls(model, tokenizer, cfg, name=source.label, n_model_layers=n_model_layers)
+        ranker.quantize = quantize
+        return ranker
 
     @classmethod
     def _load_trained(cls, source: Any, manifest: dict[str, Any], *, heads: HeadSpec | None,
@@ -145,8 +165,12 @@ class QRRanker(Reranker):
 
         heads = heads if heads is not None else manifest["heads"]
         kwargs = {**manifest.get("scoring", {}), **kwargs}
+        quantize = kwargs.pop("quantize", None)
         ranker = cls.load(manifest.get("base"), heads=heads, **kwargs)
         apply_trained(ranker.model, Path(source.path), manifest)
+        if quantize is not None:  # after the trained weights are merged in
+            quantize_linear(ranker.model, quantize)
+            ranker.quantize = quantize
         ranker.trained_layers = list(manifest.get("trained_layers", []))
         ranker.name = source.label
         return ranker
@@ -164,16 +188,14 @@ class QRRanker(Reranker):
         import torch
 
         validate(query, docs, contexts)
-        layers = tuple(sorted(set(layers if layers is not None else range(self.n_layers))))
-        if layers and not 0 <= layers[-1] < self.n_layers:
-            raise InputError(f"layer {layers[-1]} is not loaded ({self.n_layers} layers present)")
+        layers = self._check_layers(layers)
         windows = self._windows(query, docs, contexts, summary)
         raw = np.zeros((len(layers), self.n_heads, len(docs)), dtype=np.float32)
         cal = np.zeros_like(raw)
         with torch.inference_mode():
-            for idx in windows:
+            for idx, layout in windows:
                 sub_ctx = [contexts[i] for i in idx] if contexts is not None else None
-                r, c = self._score_window(query, [docs[i] for i in idx], sub_ctx, summary, layers)
+                r, c = self._score_window(layout, [docs[i] for i in idx], sub_ctx, summary, layers)
                 if len(windows) > 1:
                     from .scoring import normalise_per_window
 
@@ -182,24 +204,106 @@ class QRRanker(Reranker):
                 cal[:, :, idx] = c.cpu().numpy()
         return HeadScores(layers, raw, cal, len(windows))
 
+    def score_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
+                   contexts: Sequence[Sequence[str | None] | None] | None = None,
+                   summaries: Sequence[str | None] | None = None, batch_size: int = 16) -> list[list[float]]:
+        """`score` for several queries, `batch_size` prompts per forward pass (right-padded).
+
+        Equal to `score` per query (to float rounding); with calibration the null prompts run as a
+        second padded batch instead of on a reused KV prefix."""
+        hs = self.head_scores_many(queries, candidate_lists, contexts=contexts, summaries=summaries,
+                                   layers=self.layers, batch_size=batch_size)
+        return [h.select(self.heads, calibrated=self.config.calibrate).sum(0).tolist() for h in hs]
+
+    def rank_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]],
+                  contexts: Sequence[Sequence[str | None] | None] | None = None, *,
+                  summaries: Sequence[str | None] | None = None, batch_size: int = 16) -> list[RankedResults]:
+        """`rank` for several queries at once: one `RankedResults` per query, in order; the prompts
+        run `batch_size` at a time in one padded forward pass (see `score_many`)."""
+        scores = self.score_many(queries, candidate_lists, contexts=contexts, summaries=summaries,
+                                 batch_size=batch_size)
+        return [ranked(q, docs, s) for q, docs, s in zip(queries, candidate_lists, scores, strict=True)]
+
+    def head_scores_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
+                         contexts: Sequence[Sequence[str | None] | None] | None = None,
+                         summaries: Sequence[str | None] | None = None, layers: Sequence[int] | None = None,
+                         batch_size: int = 16) -> list[HeadScores]:
+        """`head_scores` for several queries; every window of every query is one prompt, and the
+        prompts run `batch_size` at a time."""
+        import torch
+
+        from .scoring import normalise_per_window
+
+        n = len(queries) if isinstance(queries, Sequence) and not isinstance(queries, str) else -1
+        if n < 1:
+            raise InputError("rank_many needs a non-empty list of queries")
+        if isinstance(candidate_lists, str) or len(candidate_lists) != n:
+            raise InputError(f"rank_many needs one candidate list per query: got {len(candidate_lists)} "
+                             f"lists for {n} queries")
+        for name, per in (("contexts", contexts), ("summaries", summaries)):
+            if per is not None and (isinstance(per, str) or len(per) != n):
+                raise InputError(f"rank_many needs one entry of {name} per query (or none), got {len(per)} for {n}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        ctxs = list(contexts) if contexts is not None else [None] * n
+        sums = list(summaries) if summaries is not None else [None] * n
+        for q, docs, ctx in zip(queries, candidate_lists, ctxs, strict=True):
+            validate(q, docs, ctx)
+        layers = self._check_layers(layers)
+        jobs = []  # (query number, candidate indices, layout, docs, contexts)
+        for j, (q, docs, ctx, summ) in enumerate(zip(queries, candidate_lists, ctxs, sums, strict=True)):
+            for idx, layout in self._windows(q, docs, ctx, summ):
+                sub_ctx = [ctx[i] for i in idx] if ctx is not None else None
+                jobs.append((j, idx, layout, [docs[i] for i in idx], sub_ctx))
+        raw = [np.zeros((len(layers), self.n_heads, len(d)), dtype=np.float32) for d in candidate_lists]
+        cal = [np.zeros_like(r) for r in raw]
+        n_windows = [0] * n
+        for j, *_ in jobs:
+            n_windows[j] += 1
+        with torch.inference_mode():
+            for b in range(0, len(jobs), batch_size):
+                part = jobs[b: b + batch_size]
+                toks = self._batch_attention([job[2] for job in part], layers)
+                if self.config.calibrate:
+                    nulls = [self.layout(self.config.null_query, job[3], job[4], sums[job[0]]) for job in part]
+                    null_toks = self._batch_attention(nulls, layers)
+                    cal_toks = [t - nt for t, nt in zip(toks, null_toks, strict=True)]
+                else:
+                    cal_toks = toks
+                for (j, idx, layout, docs, _), tok, cal_tok in zip(part, toks, cal_toks, strict=True):
+                    r, c = self._chunk_scores(layout, len(docs), tok, cal_tok)
+                    if n_windows[j] > 1:
+                        r, c = normalise_per_window(r, r), normalise_per_window(c, r)
+                    raw[j][:, :, idx] = r.cpu().numpy()
+                    cal[j][:, :, idx] = c.cpu().numpy()
+        return [HeadScores(layers, r, c, w) for r, c, w in zip(raw, cal, n_windows, strict=True)]
+
     def layout(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None = None,
                summary: str | None = None) -> PromptLayout:
         """The prompt's token ids with each candidate's and the query's token span (one window)."""
         return build_layout(self.tokenizer, self._opening, query, docs, contexts, summary)
 
+    def _check_layers(self, layers: Sequence[int] | None) -> tuple[int, ...]:
+        layers = tuple(sorted(set(layers if layers is not None else range(self.n_layers))))
+        if layers and not 0 <= layers[-1] < self.n_layers:
+            raise InputError(f"layer {layers[-1]} is not loaded ({self.n_layers} layers present)")
+        return layers
+
     def _windows(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None,
-                 summary: str | None) -> list[list[int]]:
-        """Split candidates into the fewest near-equal groups whose prompts fit `max_tokens`."""
+                 summary: str | None) -> list[tuple[list[int], PromptLayout]]:
+        """Split candidates into the fewest near-equal groups whose prompts fit `max_tokens`; each
+        group with its prompt layout (one tokenisation when everything fits one window)."""
         n = len(docs)
         extra = self._null_extra(query)
         for k in range(1, n + 1):
             size = math.ceil(n / k)
             groups = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
-            lengths = [len(self.layout(query, [docs[i] for i in g],
-                                        [contexts[i] for i in g] if contexts is not None else None,
-                                        summary)) + extra for g in groups]
+            layouts = [self.layout(query, [docs[i] for i in g],
+                                   [contexts[i] for i in g] if contexts is not None else None, summary)
+                       for g in groups]
+            lengths = [len(lay) + extra for lay in layouts]
             if max(lengths) <= self.max_tokens:
-                return groups
+                return list(zip(groups, layouts, strict=True))
             if size == 1:
                 worst = groups[int(np.argmax(lengths))][0]
                 raise InputError(f"candidate {worst} does not fit the window: its prompt needs "
@@ -211,33 +315,59 @@ class QRRanker(Reranker):
         """Extra tokens the null query may need beyond the real one (it reuses the same prefix)."""
         if not self.config.calibrate:
             return 0
-        return max(0, len(self.tokenizer(self.config.null_query, add_special_tokens=False)["input_ids"])
-                   - len(self.tokenizer(query, add_special_tokens=False)["input_ids"]))
+        null = self.config.null_query
+        if null not in self._null_tokens:
+            self._null_tokens[null] = len(self.tokenizer(null, add_special_tokens=False)["input_ids"])
+        return max(0, self._null_tokens[null] - len(self.tokenizer(query, add_special_tokens=False)["input_ids"]))
 
-    def _score_window(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None,
+    def _score_window(self, layout: PromptLayout, docs: Sequence[str], contexts: Sequence[str | None] | None,
                       summary: str | None, layers: tuple[int, ...]):
-        """(raw, calibrated) tensors of shape (L, H, N) for one prompt."""
+        """(raw, calibrated) tensors of shape (L, H, N) for one prompt.
 
-        from .scoring import chunk_mass, mask_outlier_tokens, span_index
-
-        layout = self.layout(query, docs, contexts, summary)
-        device = next(self.model.parameters()).device
+        Without calibration: one pass over the whole prompt, no KV cache. With it: the prefix runs
+        once into a cache that the query and then the null query run on top of."""
+        if not self.config.calibrate:
+            (raw_tok,) = self._batch_attention([layout], layers)
+            return self._chunk_scores(layout, len(docs), raw_tok, raw_tok)
+        device = self._device()
         prefix = layout.prefix_len
         raw_tok, cache = self._query_attention(layout, layers, device)  # (L, H, P)
-        index = span_index(layout.chunk_spans, prefix, device)
-        in_chunk = index < len(docs)
-        cal_tok = raw_tok
-        if self.config.calibrate:
-            null = self.layout(self.config.null_query, docs, contexts, summary)
-            if null.input_ids[: null.prefix_len] == layout.input_ids[:prefix] and null.prefix_len == prefix:
-                null_tok, _ = self._query_attention(null, layers, device, cache=cache)
-            else:  # the tokenizer merged across the boundary: run the null prompt in full
-                null_tok, _ = self._query_attention(null, layers, device)
-            cal_tok = raw_tok - null_tok
+        null = self.layout(self.config.null_query, docs, contexts, summary)
+        if null.input_ids[: null.prefix_len] == layout.input_ids[:prefix] and null.prefix_len == prefix:
+            null_tok, _ = self._query_attention(null, layers, device, cache=cache)
+        else:  # the tokenizer merged across the boundary: run the null prompt in full
+            null_tok, _ = self._query_attention(null, layers, device)
+        return self._chunk_scores(layout, len(docs), raw_tok, raw_tok - null_tok)
+
+    def _chunk_scores(self, layout: PromptLayout, n: int, raw_tok: Any, cal_tok: Any) -> tuple[Any, Any]:
+        """(L, H, P) per-token attention of the query on the prefix -> (raw, calibrated) (L, H, N)."""
+        from .scoring import chunk_mass, mask_outlier_tokens, span_index
+
+        index = span_index(layout.chunk_spans, layout.prefix_len, raw_tok.device)
         if self.config.mask_outliers:
-            cal_tok = mask_outlier_tokens(cal_tok, in_chunk, self.config.outlier_std)
-        n = len(docs)
-        return chunk_mass(raw_tok, index, n), chunk_mass(cal_tok, index, n)
+            cal_tok = mask_outlier_tokens(cal_tok, index < n, self.config.outlier_std)
+        raw = chunk_mass(raw_tok, index, n)
+        return raw, raw if cal_tok is raw_tok else chunk_mass(cal_tok, index, n)
+
+    def _device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def _batch_attention(self, layouts: Sequence[PromptLayout], layers: tuple[int, ...]) -> list[Any]:
+        """One right-padded pass over whole prompts: per prompt, the (L, H, P) mean attention of its
+        query tokens on each of its prefix positions. No padding mask is needed (see `Capture`)."""
+        import torch
+
+        from .capture import capturing
+
+        width = max(len(lay) for lay in layouts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([list(lay.input_ids) + [pad] * (width - len(lay)) for lay in layouts],
+                           device=self._device())
+        rows = tuple(slice(*lay.query_span) for lay in layouts)
+        with capturing(frozenset(layers), rows) as cap:
+            self.model(input_ids=ids, use_cache=False)
+        tok = torch.stack([cap.out[layer] for layer in layers], dim=1)  # (B, L, H, T)
+        return [tok[b, :, :, : lay.prefix_len] for b, lay in enumerate(layouts)]
 
     def _query_attention(self, layout: PromptLayout, layers: tuple[int, ...], device: Any,
                          cache: Any = None) -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ def query_row_attention(q: torch.Tensor, k: torch.Tensor, scaling: float,
 
     q: (B, H, Q, D) query states (after RoPE) of the rows to score
     k: (B, KVH, T, D) all keys, GQA-shared (H is a multiple of KVH; head h reads kv head h // (H/KVH))
-    q_positions: (Q,) absolute positions of the rows; a row attends keys at positions <= its own
+    q_positions: (Q,) or (B, Q) absolute positions of the rows; a row attends keys at positions <= its own
     returns (B, H, Q, T) probabilities
     """
     B, H, Q, D = q.shape
@@ -24,18 +24,25 @@ def query_row_attention(q: torch.Tensor, k: torch.Tensor, scaling: float,
     qg = q.float().reshape(B, KVH, rep * Q, D)  # (B, KVH, rep*Q, D): heads of a KV group stacked
     logits = torch.matmul(qg, k.float().transpose(-1, -2)) * scaling  # (B, KVH, rep*Q, T)
     logits = logits.view(B, H, Q, T)
-    future = torch.arange(T, device=q.device)[None, :] > q_positions.to(q.device)[:, None]  # (Q, T)
+    future = torch.arange(T, device=q.device) > q_positions.to(q.device)[..., None]  # ([B,] Q, T)
+    if future.dim() == 3:
+        future = future[:, None]  # (B, 1, Q, T)
     logits = logits.masked_fill(future, float("-inf"))
     return logits.softmax(dim=-1)
 
 
 def span_index(spans: Sequence[tuple[int, int]], length: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(length,) long tensor: the chunk index of each token position, or len(spans) outside chunks."""
-    idx = torch.full((length,), len(spans), dtype=torch.long, device=device)
-    for i, (start, end) in enumerate(spans):
-        assert 0 <= start < end <= length, (start, end, length)
-        idx[start:end] = i
-    return idx
+    """(length,) long tensor: the chunk index of each token position, or len(spans) outside chunks.
+
+    Spans are in prompt order and do not overlap (as `build_layout` makes them)."""
+    bounds = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)  # (N, 2)
+    starts, ends = bounds[:, 0].contiguous(), bounds[:, 1].contiguous()
+    assert bool(((starts >= 0) & (starts < ends) & (ends <= length)).all()), (spans, length)
+    assert bool((starts[1:] >= ends[:-1]).all()), spans  # ordered, disjoint
+    pos = torch.arange(length)
+    chunk = torch.searchsorted(starts, pos, right=True) - 1  # the last span starting at or before pos
+    inside = (chunk >= 0) & (pos < ends[chunk.clamp_min(0)])
+    return torch.where(inside, chunk, len(spans)).to(device)
 
 
 def chunk_mass(token_scores: torch.Tensor, index: torch.Tensor, n_chunks: int) -> torch.Tensor:

@@ -205,10 +205,20 @@ def train(ranker: Any, train_records: Sequence[Record], val_records: Sequence[Re
 def train_heads(train_records: Sequence[Record], val_records: Sequence[Record], out: str | Path,
                 cfg: TrainConfig, *, model: str | None = None, heads: Any = None, resume: bool = False,
                 device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
-                progress: bool = False) -> TrainReport:
-    """`qrmem train`: load `model` (None: the embedded SmolLM2) with `heads`, train, write `out/`."""
+                progress: bool = False, max_layer: int | None = None,
+                quantize: str | None = None) -> TrainReport:
+    """`qrmem train`: load `model` (None: the embedded SmolLM2) with `heads`, train, write `out/`.
+    `max_layer` is a layer budget: a head above it is refused before the model loads."""
+    from .heads import check_budget, parse_heads, read_head_file
     from .ranker import QRRanker
 
-    ranker = QRRanker.load(model, heads=heads, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if quantize is not None:
+        raise InputError(f"a quantised model cannot be trained; leave out quantize={quantize!r} "
+                         "(--quantize) and quantise the trained model when you load it")
+    if max_layer is not None and heads is not None:  # refused now, not after loading the model
+        spec = read_head_file(heads)["heads"] if str(heads).endswith(".json") else heads
+        check_budget(parse_heads(spec), max_layer)
+    ranker = QRRanker.load(model, heads=heads, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                           max_layer=max_layer)
     base = str(Path(model).resolve()) if model and Path(model).exists() else model
     return train(ranker, train_records, val_records, out, cfg, base=base, resume=resume, progress=progress)
