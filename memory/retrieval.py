@@ -247,7 +247,9 @@ class Retriever:
             live = index.live()
             stored = self.store.embeddings(live[0].user_id, embedder.name) if live else {}
             vecs = self._vectors(embedder.name, live, stored)
-            matrix = np.zeros((max(16, len(index.chunks)), vecs.shape[1] if len(vecs) else 1), dtype=np.float32)
+            # Headroom: the next writes append rows without copying the matrix.
+            rows = len(index.chunks) + len(index.chunks) // 8 + 16
+            matrix = np.zeros((rows, vecs.shape[1] if len(vecs) else 1), dtype=np.float32)
             matrix[[index.slot_of[c.chunk_id] for c in live]] = vecs
             index.matrix, index.model = matrix, embedder.name
         if q.shape[0] != index.matrix.shape[1]:

@@ -519,17 +519,20 @@ class Store:
         if ids is not None and len(ids) > 500:  # bounded IN lists on every backend
             parts = [Store._chunk_records(conn, user_pk, user_id, ids[i:i + 500]) for i in range(0, len(ids), 500)]
             return sorted((c for part in parts for c in part), key=lambda c: (c.session_position, c.chunk_id))
-        which = [t.chunks.c.user_id == user_pk] + ([t.chunks.c.id.in_(ids)] if ids is not None else [])
-        rows = conn.execute(
+        # With `ids`, look the chunks up by primary key (the user's index would scan all their
+        # chunks) and keep the user's only.
+        which = [t.chunks.c.user_id == user_pk] if ids is None else [t.chunks.c.id.in_(ids)]
+        rows = [r for r in conn.execute(
             select(t.chunks.c.id, t.sessions.c.external_id, t.sessions.c.date_text,
-                   t.sessions.c.position, t.chunks.c.position, t.chunks.c.text)
+                   t.sessions.c.position, t.chunks.c.position, t.chunks.c.text, t.chunks.c.user_id)
             .join(t.sessions, t.sessions.c.id == t.chunks.c.session_id).where(*which)
-            .order_by(t.sessions.c.position, t.sessions.c.id, t.chunks.c.position)).all()
+            .order_by(t.sessions.c.position, t.sessions.c.id, t.chunks.c.position)) if r[6] == user_pk]
         covered: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        for chunk_pk, pos, ext in conn.execute(
-                select(t.chunk_turns.c.chunk_id, t.turns.c.position, t.turns.c.external_id)
-                .join(t.turns, t.turns.c.id == t.chunk_turns.c.turn_id)
-                .join(t.chunks, t.chunks.c.id == t.chunk_turns.c.chunk_id).where(*which)):
+        links = (select(t.chunk_turns.c.chunk_id, t.turns.c.position, t.turns.c.external_id)
+                 .join(t.turns, t.turns.c.id == t.chunk_turns.c.turn_id))
+        links = (links.join(t.chunks, t.chunks.c.id == t.chunk_turns.c.chunk_id).where(t.chunks.c.user_id == user_pk)
+                 if ids is None else links.where(t.chunk_turns.c.chunk_id.in_([r[0] for r in rows])))
+        for chunk_pk, pos, ext in conn.execute(links):
             covered[chunk_pk].append((pos, ext))
         return [ChunkRecord(chunk_id=r[0], user_id=user_id, session_id=r[1], session_date=r[2],
                             session_position=r[3], position=r[4], text=r[5],
