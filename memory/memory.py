@@ -197,12 +197,7 @@ class Memory:
 
     def _check_embedder(self) -> None:
         """Refuse, before embedding anything, to write vectors of another model than the store's."""
-        stored = self.store.default_embedder()
-        if stored is not None and stored != self.embedder.name:
-            raise InputError(
-                f"this store keeps vectors from the embedder {stored!r}, not {self.embedder.name!r}: nothing "
-                f"was written; ingest with --embedder {stored} (embedder={stored!r}), or switch the store "
-                f"first with `qrmem reindex --embedder {self.embedder.name} --set-default`")
+        self.store.check_embedder(self.store.default_embedder(), self.embedder.name)
 
     def reindex(self, user_id: str | None = None, *, set_default: bool = False) -> ReindexReport:
         """Store a vector from this Memory's embedder for every chunk (of `user_id`, or of every user)

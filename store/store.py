@@ -638,7 +638,12 @@ class Store:
             models = list(conn.scalars(select(t.embeddings.c.model).distinct().limit(2)))
             recorded = models[0] if len(models) == 1 else model
             self._put_setting(conn, EMBEDDER_SETTING, recorded)
-        if recorded != model:
+        self.check_embedder(recorded, model)
+
+    @staticmethod
+    def check_embedder(recorded: str | None, model: str) -> None:
+        """Refuse vectors of `model` in a store that keeps `recorded`'s (None: none recorded yet)."""
+        if recorded is not None and recorded != model:
             raise InputError(
                 f"this store keeps vectors from the embedder {recorded!r}, not {model!r}: nothing was "
                 f"written; ingest with --embedder {recorded} (embedder={recorded!r}), or switch the store "
