@@ -27,14 +27,19 @@ class Capture:
     layers: frozenset[int]
     rows: slice | tuple[slice, ...]  # rows of the current input whose attention is captured (the query tokens)
     out: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> mean over rows
+    keep_rows: bool = False  # also keep each query row's attention (batch of one only)
+    rows_out: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (H, Q, T) when keep_rows
 
 
 _ACTIVE: ContextVar[Capture | None] = ContextVar("qrmem_capture", default=None)
 
 
 @contextmanager
-def capturing(layers: frozenset[int], rows: slice | tuple[slice, ...]) -> Iterator[Capture]:
-    cap = Capture(layers, rows)
+def capturing(layers: frozenset[int], rows: slice | tuple[slice, ...], *,
+              keep_rows: bool = False) -> Iterator[Capture]:
+    if keep_rows and not isinstance(rows, slice):
+        raise ValueError("keep_rows needs a batch of one (one slice of rows)")
+    cap = Capture(layers, rows, keep_rows=keep_rows)
     token = _ACTIVE.set(cap)
     try:
         yield cap
@@ -73,6 +78,8 @@ def _make(base: str):
                 positions = torch.arange(rows.start, rows.stop) + (t_len - q_len)  # absolute positions
                 probs = query_row_attention(query[:, :, cap.rows], key, scaling, positions)  # (B, H, Q, T)
                 cap.out[module.layer_idx] = probs[0].mean(dim=1)  # (H, T)
+                if cap.keep_rows:
+                    cap.rows_out[module.layer_idx] = probs[0]  # (H, Q, T)
             else:
                 cap.out[module.layer_idx] = batch_rows_attention(query, key, scaling, cap.rows, t_len - q_len)
         return out
