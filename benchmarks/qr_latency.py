@@ -6,10 +6,13 @@
 For real LoCoMo prompts (hybrid top-K of locomo_dev questions, dates as context) it times, median
 over questions x repeats, all interleaved per question on the same token ids:
   shipped         QRRanker.rank, the shipped (trained) reranker, float32
+  shipped bf16    the same in bfloat16 (the CPU default where the CPU has native bf16: AVX512-BF16/AMX)
   shipped int8    the same with quantize="int8" (linear layers in int8, dynamic activations)
-  budget N        heads within layers 0..N (N+1 layers run), float32 and int8
+  budget N        heads within layers 0..N (N+1 layers run), float32, bf16 and int8
   honest          one prefill of the *full* base model over exactly the ranker's prompt, without
-                  all-position logits (logits_to_keep=1): what any generation step pays to read it
+                  all-position logits (logits_to_keep=1), float32: what any generation step pays to
+                  read it; every ratio is to this row
+  honest bf16     the same prefill in bfloat16 (the like-for-like baseline of the bf16 rows)
   (a) old         the previous baseline: full model with logits for every position
   (b) naive       full model, eager attention, output_attentions=True, and a second full pass for
                   the null query
@@ -94,12 +97,16 @@ def main() -> None:
         print(f"load: GGUF first time {first_load:.1f}s, cached {cached_load:.2f}s")
 
     cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
-    rankers = {"shipped": QRRanker.load(device=args.device)}
+    fp32 = "float32" if cpu else "auto"
+    rankers = {"shipped": QRRanker.load(device=args.device, dtype=fp32)}
     if cpu:
+        rankers["shipped bf16"] = QRRanker.load(device=args.device, dtype="bfloat16")
         rankers["shipped int8"] = QRRanker.load(device=args.device, quantize="int8")
     for n in (int(x) for x in args.budgets.split(",") if x):
-        rankers[f"budget {n}"] = QRRanker.load(heads=f"{n}-0", calibrate=False, device=args.device)
+        rankers[f"budget {n}"] = QRRanker.load(heads=f"{n}-0", calibrate=False, device=args.device, dtype=fp32)
         if cpu:
+            rankers[f"budget {n} bf16"] = QRRanker.load(heads=f"{n}-0", calibrate=False, device=args.device,
+                                                         dtype="bfloat16")
             rankers[f"budget {n} int8"] = QRRanker.load(heads=f"{n}-0", calibrate=False, device=args.device,
                                                          quantize="int8")
     ranker = rankers["shipped"]
@@ -107,6 +114,8 @@ def main() -> None:
     source = models.resolve(None)
     full = AutoModelForCausalLM.from_pretrained(source.path, dtype=ranker.model.dtype,
                                                 attn_implementation="sdpa").eval().to(device)
+    full_bf16 = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.bfloat16,
+                                                     attn_implementation="sdpa").eval().to(device) if cpu else None
     naive = AutoModelForCausalLM.from_pretrained(source.path, dtype=ranker.model.dtype,
                                                  attn_implementation="eager").eval().to(device) if args.naive else None
     print(f"device {device}, dtype {ranker.model.dtype}, torch threads {torch.get_num_threads()} "
@@ -125,7 +134,8 @@ def main() -> None:
 
     for k in (int(x) for x in args.ks.split(",")):
         cands = first_stage_candidates(mem, questions, k)
-        names = list(rankers) + ["honest", "(a) old"] + (["(b) naive"] if naive is not None else [])
+        names = (list(rankers) + ["honest"] + (["honest bf16"] if full_bf16 is not None else [])
+                 + ["(a) old"] + (["(b) naive"] if naive is not None else []))
         rows: dict[str, list[float]] = {n: [] for n in names}
         mems: dict[str, list[float]] = {n: [] for n in names}
         tokens = []
@@ -140,6 +150,8 @@ def main() -> None:
             for name, r in rankers.items():
                 fns[name] = (lambda r=r, q=q, docs=docs, ctx=ctx: (r.rank(q, docs, contexts=ctx), sync()))
             fns["honest"] = lambda ids=ids: (full(input_ids=ids, logits_to_keep=1), sync())
+            if full_bf16 is not None:
+                fns["honest bf16"] = lambda ids=ids: (full_bf16(input_ids=ids, logits_to_keep=1), sync())
             fns["(a) old"] = lambda ids=ids: (full(input_ids=ids), sync())
             if naive is not None:
                 fns["(b) naive"] = lambda ids=ids, null_ids=null_ids: (
@@ -164,6 +176,8 @@ def main() -> None:
         if naive is not None:
             print("  naive / shipped = " + f"{med['(b) naive'] / med['shipped']:.1f}x; naive / best = "
                   + f"{med['(b) naive'] / min(med[n] for n in rankers):.1f}x")
+        if "honest bf16" in med:
+            print(f"  like for like: shipped bf16 / honest bf16 = {med['shipped bf16'] / med['honest bf16']:.2f}x")
         results[f"k{k}"] = {"questions": len(cands), "tokens_median": statistics.median(tokens),
                             "median_s": med, "ratio_to_honest": {n: med[n] / base for n in names},
                             "peak_added_mib": peak}
@@ -174,7 +188,7 @@ def main() -> None:
     qs, lists, ctxs = ([c.question.question for c in cands], [list(c.texts) for c in cands],
                        [list(c.dates) for c in cands])
     results["batch"] = {}
-    batch_rankers = [n for n in ("shipped", "shipped int8") if n in rankers]
+    batch_rankers = [n for n in ("shipped", "shipped bf16", "shipped int8") if n in rankers]
     for name in batch_rankers:
         rankers[name].rank_many(qs[:2], lists[:2], ctxs[:2], batch_size=2)  # warm-up
     print(f"\nrank_many, {len(qs)} questions (K=20, dates):")

@@ -5,8 +5,8 @@
 Same questions as benchmarks/qr_sweep.py (seed: 64 of conv-26/conv-30; held out: 160 random
 questions of the other four conversations; hybrid top-20 with session dates). Reports Recall@5 and
 nDCG@10 of the evidence for:
-  - the shipped (trained) reranker in float32, and the same with int8 dynamic quantisation, with
-    the per-query Kendall tau between the two rankings;
+  - the shipped (trained) reranker in float32, and the same with int8 dynamic quantisation and in
+    bfloat16, each with the per-query Kendall tau of its ranking against float32's;
   - layer budgets: the `qr` top-8 heads detected (untrained) on the seed questions among layers
     0..N, for each N. One all-layer pass per question serves every budget: in a causal model the
     lower layers never depend on the upper ones, so detecting with `--max-layer N` sees exactly
@@ -96,9 +96,10 @@ def main() -> None:
     def score(r, c):
         return r.score(c.question.question, list(c.texts), contexts=list(c.dates))
 
-    collect("shipped", QRRanker.load(), eval_c, score)
+    collect("shipped", QRRanker.load(dtype="float32"), eval_c, score)
     collect("int8", QRRanker.load(quantize="int8"), eval_c, score)
-    full = QRRanker.load(all_layers=True, max_layer=max(BUDGETS))  # untrained: calibrated on the seed, raw held out
+    collect("bf16", QRRanker.load(dtype="bfloat16"), eval_c, score)
+    full = QRRanker.load(all_layers=True, max_layer=max(BUDGETS), dtype="float32")  # untrained: calibrated on the seed, raw held out
     collect("seed", full, seed_c, lambda r, c: r.head_scores(c.question.question, list(c.texts),
                                                              contexts=list(c.dates)).calibrated)
     full.config.calibrate = False
@@ -118,6 +119,12 @@ def main() -> None:
     out["int8_kendall_tau"] = {"median": round(float(np.median(taus)), 4), "mean": round(float(np.mean(taus)), 4),
                                "top1_agree": round(float(np.mean([np.argmax(a) == np.argmax(b)
                                                                   for a, b in zip(shipped, int8)])), 4)}
+    bf16 = arr("bf16", len(eval_c))
+    out["bf16"] = evaluate(bf16, eval_c)
+    taus = [kendall_tau(a, b) for a, b in zip(shipped, bf16, strict=True)]
+    out["bf16_kendall_tau"] = {"median": round(float(np.median(taus)), 4), "mean": round(float(np.mean(taus)), 4),
+                               "top1_agree": round(float(np.mean([np.argmax(a) == np.argmax(b)
+                                                                  for a, b in zip(shipped, bf16)])), 4)}
     seed, held = arr("seed", len(seed_c)), arr("eval", len(eval_c))
     gold = [c.gold_mask() for c in seed_c]
     quality = head_quality(seed, gold, "qr")  # (max(BUDGETS) + 1, H)

@@ -198,8 +198,18 @@ def pick_device(device: str | None) -> str:
     return device
 
 
-def pick_dtype(dtype: str, device: str) -> Any:
-    """`auto`: bf16 on a GPU that has it, else fp16 on GPU; fp32 on CPU. Or a name: float32, bfloat16..."""
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 matrix products
+    run several times faster than fp32; elsewhere torch emulates them, several times slower."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def pick_dtype(dtype: str, device: str, *, cpu_bf16: bool = False) -> Any:
+    """`auto`: bf16 on a GPU that has it, else fp16 on GPU; on a CPU fp32, or bf16 when `cpu_bf16`
+    (inference that tolerates it) and the CPU has native bf16. Or a name: float32, bfloat16..."""
     import torch
 
     if dtype != "auto":
@@ -209,7 +219,7 @@ def pick_dtype(dtype: str, device: str) -> Any:
         return value
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return torch.bfloat16 if cpu_bf16 and native_cpu_bf16() else torch.float32
 
 
 def pick_attention(attn: str, device: str) -> str:

@@ -213,3 +213,21 @@ def test_layer_budget_at_load(tiny_lm) -> None:
         QRRanker.load(path, heads="1-0,3-0", max_layer=2)
     with pytest.raises(InputError, match="max_layer must be a layer number"):
         QRRanker.load(path, heads="1-0", max_layer=-1)
+
+
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_the_cpu_multiplies_bf16_natively(tiny_lm) -> None:
+    import torch
+
+    from memory.models import native_cpu_bf16, pick_dtype
+
+    auto = QRRanker.load(str(tiny_lm("llama")), heads="2-1,3-0,1-2", device="cpu")
+    want = torch.bfloat16 if native_cpu_bf16() else torch.float32
+    assert {p.dtype for p in auto.model.parameters()} == {want}
+    assert pick_dtype("auto", "cpu") is torch.float32  # only inference that asks for it gets bf16
+    assert pick_dtype("auto", "cpu", cpu_bf16=True) is want
+    int8 = QRRanker.load(str(tiny_lm("llama")), heads="2-1,3-0,1-2", device="cpu", quantize="int8")  # from fp32
+    assert int8.quantize == "int8"
+    fp32 = QRRanker.load(str(tiny_lm("llama")), heads="2-1,3-0,1-2", dtype="float32")
+    docs = ["Ana adopted a kitten called Miso.", "Ben repainted the fence.", "The weather was rainy."]
+    np.testing.assert_allclose(auto.score("kitten name?", docs), fp32.score("kitten name?", docs),
+                               rtol=0.05, atol=0.02)

@@ -65,11 +65,16 @@ def test_training_lowers_the_loss_and_writes_a_loadable_directory(tiny_lm, tmp_p
     else:
         assert all(n.endswith("proj.weight") for n in names)
 
-    loaded = QRRanker.load(str(out))
+    loaded = QRRanker.load(str(out), dtype="float32")
     docs = [f"This is about {w}." for w in WORDS]
     assert type(loaded.model.layers[2].self_attn.q_proj).__name__ == "Linear"  # LoRA merged away
     np.testing.assert_allclose(loaded.score("about kitten Miso?", docs),
                                ranker.score("about kitten Miso?", docs), atol=1e-4)
+    import torch
+
+    half = QRRanker.load(str(out), dtype="bfloat16", device="cpu")  # merged in fp32, then cast
+    for (name, a), (_, b) in zip(half.model.named_parameters(), loaded.model.named_parameters(), strict=True):
+        assert a.dtype is torch.bfloat16 and torch.equal(a, b.to(torch.bfloat16)), name
     untrained = QRRanker.load(str(tiny_lm("llama")), heads=HEADS, dtype="float32")
     assert not np.allclose(loaded.score("about kitten Miso?", docs),
                            untrained.score("about kitten Miso?", docs), atol=1e-4)

@@ -120,6 +120,9 @@ class QRRanker(Reranker):
         if quantize is not None:  # refused before anything loads
             require = models.pick_device(device)
             check_quantize(quantize, require, models.pick_dtype(dtype, require))
+        if dtype == "auto":  # resolved here once: int8 starts from fp32, inference may use native bf16
+            dtype = str(models.pick_dtype(dtype, models.pick_device(device),
+                                          cpu_bf16=quantize is None)).removeprefix("torch.")
         if name_or_path is None and heads is None and not all_layers:
             shipped = loading.shipped_trained()  # the trained SmolLM2 reranker, when one is shipped
             if shipped is not None:
@@ -166,8 +169,16 @@ class QRRanker(Reranker):
         heads = heads if heads is not None else manifest["heads"]
         kwargs = {**manifest.get("scoring", {}), **kwargs}
         quantize = kwargs.pop("quantize", None)
+        want = kwargs.get("dtype", "auto")
+        half_on_cpu = want in ("bfloat16", "float16") and _device_is_cpu(kwargs.get("device"))
+        if half_on_cpu:  # merge the trained weights in fp32, then cast: no bf16 rounding of the sum
+            kwargs["dtype"] = "float32"
         ranker = cls.load(manifest.get("base"), heads=heads, **kwargs)
         apply_trained(ranker.model, Path(source.path), manifest)
+        if half_on_cpu:
+            import torch
+
+            ranker.model.to(getattr(torch, want))
         if quantize is not None:  # after the trained weights are merged in
             quantize_linear(ranker.model, quantize)
             ranker.quantize = quantize
@@ -392,6 +403,12 @@ class QRRanker(Reranker):
         with capturing(frozenset(layers), q_rows) as cap:
             self.model(input_ids=ids[:, prefix:], past_key_values=cache, use_cache=True)
         return torch.stack([cap.out[layer][:, :prefix] for layer in layers]), cache
+
+
+def _device_is_cpu(device: str | None) -> bool:
+    from .. import models
+
+    return models.pick_device(device).startswith("cpu")
 
 
 def full_pass_head_scores(ranker: QRRanker, layout: PromptLayout, cap: Any) -> Any:

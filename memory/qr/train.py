@@ -209,6 +209,7 @@ def train_heads(train_records: Sequence[Record], val_records: Sequence[Record], 
                 quantize: str | None = None) -> TrainReport:
     """`qrmem train`: load `model` (None: the embedded SmolLM2) with `heads`, train, write `out/`.
     `max_layer` is a layer budget: a head above it is refused before the model loads."""
+    from .. import models
     from .heads import check_budget, parse_heads, read_head_file
     from .ranker import QRRanker
 
@@ -218,6 +219,8 @@ def train_heads(train_records: Sequence[Record], val_records: Sequence[Record], 
     if max_layer is not None and heads is not None:  # refused now, not after loading the model
         spec = read_head_file(heads)["heads"] if str(heads).endswith(".json") else heads
         check_budget(parse_heads(spec), max_layer)
+    if dtype == "auto" and models.pick_device(device).startswith("cpu"):
+        dtype = "float32"  # gradients in fp32 on a CPU (inference may pick bf16 there; training does not)
     ranker = QRRanker.load(model, heads=heads, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                            max_layer=max_layer)
     base = str(Path(model).resolve()) if model and Path(model).exists() else model
