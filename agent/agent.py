@@ -19,6 +19,16 @@ from memory import DEFAULT_RERANK_K, Generator, Memory, SearchHit
 from store import TurnIn
 from store.errors import InputError
 
+NO_MEMORY = "I have no memory of that: it was not mentioned in our conversations."
+DEFAULT_ABSTAIN_BELOW = 0.3  # chosen on training conversations by cross-validation (README: abstention)
+
+
+def should_abstain(relevance: float | None, abstain_below: float | None) -> bool:
+    """True when the search's relevance (`SearchResults.relevance`) says memory holds no answer:
+    the memories that match the question were said by someone other than the person it asks about."""
+    return abstain_below is not None and relevance is not None and relevance < abstain_below
+
+
 SYSTEM_PROMPT = (
     "You are a helpful assistant with a long-term memory of earlier conversations with this user. "
     "Answer briefly, using the memories when they are relevant. Dates in brackets are when a "
@@ -42,6 +52,8 @@ class Answer:
     chunks: tuple[UsedChunk, ...]
     session_id: str
     seconds: dict[str, float] = field(default_factory=dict)  # retrieve (incl. rerank), generate, write
+    relevance: float | None = None  # the search's relevance (SearchResults.relevance)
+    abstained: bool = False  # answered NO_MEMORY without asking the generator
 
     @property
     def turn_ids(self) -> list[str]:
@@ -76,9 +88,15 @@ class MemoryAgent:
 
     def __init__(self, memory: Memory, generator: Generator, *, rerank_k: int = DEFAULT_RERANK_K, top_n: int = 3,
                  rerank: bool = True, assistant: str = "assistant", system_prompt: str = SYSTEM_PROMPT,
-                 max_new_tokens: int = 96) -> None:
+                 max_new_tokens: int = 96, abstain_below: float | None = DEFAULT_ABSTAIN_BELOW) -> None:
+        """`abstain_below`: answer NO_MEMORY when the reranked search's relevance is below it (None:
+        never abstain)."""
         if top_n < 1 or rerank_k < top_n:
             raise InputError(f"need 1 <= top_n <= rerank_k, got top_n={top_n}, rerank_k={rerank_k}")
+        if abstain_below is not None and (isinstance(abstain_below, bool) or not isinstance(abstain_below, (int, float))
+                                          or not 0 <= abstain_below <= 1):
+            raise InputError(f"abstain_below must be a number in [0, 1] or None, got {abstain_below!r}")
+        self.abstain_below = abstain_below
         self.memory, self.generator = memory, generator
         self.rerank_k, self.top_n, self.rerank = rerank_k, top_n, rerank
         self.assistant, self.system_prompt, self.max_new_tokens = assistant, system_prompt, max_new_tokens
@@ -94,8 +112,10 @@ class MemoryAgent:
         t0 = time.perf_counter()
         hits = self.memory.search(user_id, message, k=self.top_n, rerank=self.rerank, rerank_k=self.rerank_k)
         t1 = time.perf_counter()
+        relevance = getattr(hits, "relevance", None)
+        abstained = should_abstain(relevance, self.abstain_below)
         context = memory_block(hits) if hits else "(no memories yet)"
-        reply = self.generator.complete([
+        reply = NO_MEMORY if abstained else self.generator.complete([
             {"role": "system", "content": self.system_prompt},
             {"role": "user", "content": f"Memories:\n{context}\n\nMessage: {message}"},
         ], max_new_tokens=self.max_new_tokens) or "..."
@@ -116,7 +136,7 @@ class MemoryAgent:
         used = tuple(UsedChunk(h.chunk_id, h.session_id, h.session_date, h.turn_ids, h.score, h.text)
                      for h in hits)
         return Answer(reply, used, session.session_id,
-                      {"retrieve": t1 - t0, "generate": t2 - t1, "write": t3 - t2})
+                      {"retrieve": t1 - t0, "generate": t2 - t1, "write": t3 - t2}, relevance, abstained)
 
     def end_session(self, user_id: str) -> str | None:
         """Close the user's open session and roll the summaries forward (if Memory has a summarizer).

@@ -20,14 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from memory import DEFAULT_RERANK_K, Generator, Memory, Reranker, Summarizer
+from memory import (
+    DEFAULT_FUSION_WEIGHT,
+    DEFAULT_RERANK_K,
+    Generator,
+    Memory,
+    Reranker,
+    Summarizer,
+)
 from memory.metrics import locomo_f1, ndcg_at_k, recall_at_k
 from store import load_file
 from store.errors import InputError
 from store.files import check_target, write_private
 from store.jsonio import read_json_file
 
-from .agent import memory_block
+from .agent import DEFAULT_ABSTAIN_BELOW, NO_MEMORY, memory_block, should_abstain
 from .locomo import CATEGORIES, TINY, check_conversations, download, parse_evidence
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -49,6 +56,7 @@ class EvalConfig:
     categories: list[int] | None = None  # only these question categories (None: all)
     answer: bool = True  # False: retrieval only (no generator call, F1 not measured)
     max_new_tokens: int = 32
+    abstain_below: float | None = DEFAULT_ABSTAIN_BELOW  # answer NO_MEMORY below this relevance (None: never)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -134,8 +142,11 @@ def answer_one(cfg: EvalConfig, memory: Memory, generator: Generator, user: str,
     t2 = time.perf_counter()
     top = ranked[: cfg.top_n]
     memories = memory_block(top)
-    prediction = generator.complete([{"role": "user", "content": QA_PROMPT.format(
-        memories=memories, question=question)}], max_new_tokens=cfg.max_new_tokens) if cfg.answer else None
+    relevance = getattr(ranked, "relevance", None)
+    abstained = should_abstain(relevance, cfg.abstain_below)
+    prediction = (None if not cfg.answer else NO_MEMORY if abstained else generator.complete(
+        [{"role": "user", "content": QA_PROMPT.format(memories=memories, question=question)}],
+        max_new_tokens=cfg.max_new_tokens))
     t3 = time.perf_counter()
     evidence = parse_evidence(qa.get("evidence", []))
     return {
@@ -145,6 +156,7 @@ def answer_one(cfg: EvalConfig, memory: Memory, generator: Generator, user: str,
         "retrieved": [t for h in ranked for t in h.turn_ids],
         "retrieved_scores": [round(h.score, 5) for h in ranked],
         "first_stage": [t for h in first for t in h.turn_ids],
+        "relevance": None if relevance is None else round(relevance, 4), "abstained": abstained,
         "context_tokens": len(_TOKEN.findall(memories)),
         "seconds": {"first_stage": t1 - t0, "rerank": t2 - t1 if cfg.rerank else 0.0, "generate": t3 - t2},
     }
@@ -173,9 +185,13 @@ def summarize(rows: list[dict[str, Any]], cfg: EvalConfig, *, ingest_seconds: fl
         "ndcg@10": {"first_stage": mean([ndcg_at_k([[t] for t in r["first_stage"]], r["evidence"]) for r in with_ev]),
                     "reranked": mean([ndcg_at_k([[t] for t in r["retrieved"]], r["evidence"]) for r in with_ev])},
         "context_tokens": mean([r["context_tokens"] for r in rows]),
+        "abstention": {"adversarial": mean([float(r.get("abstained", False)) for r in rows if r["category"] == 5]),
+                       "answerable": mean([float(r.get("abstained", False)) for r in main]),
+                       "abstain_below": cfg.abstain_below},
         "seconds_per_question": {s: mean([r["seconds"][s] for r in rows]) for s in ("first_stage", "rerank", "generate")},
         "ingest_seconds": round(ingest_seconds, 2), "wall_seconds": round(wall, 2),
         "config": {"rerank_k": cfg.rerank_k, "top_n": cfg.top_n, "rerank": cfg.rerank, "summaries": cfg.summaries,
+                   "abstain_below": cfg.abstain_below,
                    "categories": cfg.categories, "answer": cfg.answer,
                    "data": str(cfg.data), "conversations": cfg.conversations, "limit": cfg.limit, **cfg.extra},
         "f1_definition": "LoCoMo token F1: normalised, articles/punctuation dropped, Porter-stemmed; "
@@ -194,6 +210,9 @@ def report(summary: dict[str, Any]) -> str:
     lines += [f"| Recall@5 first stage | {rec['first_stage']} |", f"| Recall@5 reranked | {rec['reranked']} |",
               f"| nDCG@10 first stage | {nd['first_stage']} |", f"| nDCG@10 reranked | {nd['reranked']} |",
               f"| context tokens / question | {summary['context_tokens']} |"]
+    ab = summary.get("abstention") or {}
+    lines += [f"| abstained, adversarial (5) / answerable (1-4) | {ab.get('adversarial', '-')} / "
+              f"{ab.get('answerable', '-')} (relevance below {ab.get('abstain_below')}) |"]
     lines += [f"| seconds / question, {k} | {v} |" for k, v in summary["seconds_per_question"].items()]
     lines += [f"| ingest seconds | {summary['ingest_seconds']} |", f"| wall seconds | {summary['wall_seconds']} |",
               "", summary["f1_definition"], ""]
@@ -229,7 +248,9 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
                   generator: str = "transformers", base_url: str | None = None,
                   api_key_env: str = "OPENAI_API_KEY", summaries: bool = False, download_public: bool = False,
                   categories: list[int] | None = None, answer: bool = True,
-                  db: str | None = None, embedder: str | None = None, progress: bool = True) -> dict[str, Any]:
+                  db: str | None = None, embedder: str | None = None, progress: bool = True,
+                  abstain_below: float | None = DEFAULT_ABSTAIN_BELOW,
+                  fusion_weight: float = DEFAULT_FUSION_WEIGHT) -> dict[str, Any]:
     """Everything `qrmem eval locomo` and `demos/locomo_demo.py` do, from plain options. Without
     `data`: the public file with `download_public`, else the tiny conversation shipped with qrmem."""
     from memory import load_generator, load_reranker
@@ -247,9 +268,10 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
     out.mkdir(parents=True, exist_ok=True)
     memory = Memory(str(out / "memory.db") if db is None else db, embedder=embedder, reranker=ranker,
                     summarizer=Summarizer(gen) if summaries else None,
-                    rerank_context="summary" if summaries else "date")
+                    rerank_context="summary" if summaries else "date", fusion_weight=fusion_weight)
     cfg = EvalConfig(out=out, data=Path(data), conversations=conversations, limit=limit, rerank_k=rerank_k,
                      top_n=top_n,
                      rerank=rerank, summaries=summaries, categories=categories, answer=answer,
-                     extra={"generator": gen.name, "reranker": reranker})
+                     abstain_below=abstain_below,
+                     extra={"generator": gen.name, "reranker": reranker, "fusion_weight": fusion_weight})
     return run(cfg, memory, gen, progress=progress)

@@ -11,9 +11,10 @@ qrmem. Writes OUT/results.json, OUT/report.md and OUT/chart.png and prints the r
 import argparse
 from pathlib import Path
 
+from agent import DEFAULT_ABSTAIN_BELOW
 from agent.evaluation import build_and_run, parse_categories, report
 from agent.locomo import parse_conversations
-from memory import DEFAULT_RERANK_K
+from memory import DEFAULT_FUSION_WEIGHT, DEFAULT_RERANK_K
 
 # The demo (not the library) knows where the repository's neighbours keep the LoCoMo dev file.
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
@@ -31,6 +32,10 @@ ap.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g.
 ap.add_argument("--summaries", action="store_true", help="roll summaries and give them to the reranker")
 ap.add_argument("--categories", default=None, help="question categories, e.g. 1,2,3,4 (default: all)")
 ap.add_argument("--no-answer", action="store_true", help="retrieval only: skip the generator, no F1")
+ap.add_argument("--fusion-weight", type=float, default=DEFAULT_FUSION_WEIGHT,
+                help="first-stage order fused with the reranker's scores (0: reranker alone)")
+ap.add_argument("--abstain-below", default=str(DEFAULT_ABSTAIN_BELOW),
+                help="answer 'no memory' below this search relevance, or none (never)")
 ap.add_argument("--download", action="store_true", help="fetch the public locomo10.json (needs network)")
 args = ap.parse_args()
 conversations = parse_conversations(args.conversations)
@@ -42,5 +47,7 @@ if data is None and not args.download and SHARED.is_file():
 summary = build_and_run(out=args.out, data=data, limit=limit, rerank_k=args.rerank_k, top_n=args.top_n,
                         conversations=conversations, reranker=args.reranker, generator=args.generator,
                         base_url=args.base_url, summaries=args.summaries, download_public=args.download,
-                        categories=parse_categories(args.categories), answer=not args.no_answer)
+                        categories=parse_categories(args.categories), answer=not args.no_answer,
+                        fusion_weight=args.fusion_weight,
+                        abstain_below=None if args.abstain_below.lower() == "none" else float(args.abstain_below))
 print(report(summary))

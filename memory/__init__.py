@@ -1,6 +1,7 @@
 """qrmem's memory layer: embedders, first-stage recall (dense, BM25, hybrid), rerankers (QRRanker),
 generators, rolling summaries and the `Memory` facade. Nothing here imports torch until a model loads."""
 
+from .attribution import attribution
 from .embedders import (
     EMBEDDERS,
     Embedder,
@@ -10,7 +11,13 @@ from .embedders import (
 )
 from .errors import GenerationError, MissingDependencyError, ModelLoadError
 from .filters import SearchFilter, parse_session_date
-from .fusion import dense_scores, rrf, top_k
+from .fusion import (
+    DEFAULT_FUSION_WEIGHT,
+    dense_scores,
+    fuse_with_first_stage,
+    rrf,
+    top_k,
+)
 from .generators import (
     GENERATORS,
     Generator,
@@ -25,9 +32,10 @@ from .ranking import RankedResult, RankedResults, Reranker
 from .rerankers import RERANKERS, load_reranker
 from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, index_text
 from .summaries import Summarizer
-from .types import IngestReport, ReindexReport, SearchHit
+from .types import IngestReport, ReindexReport, SearchHit, SearchResults
 
 __all__ = [
+    "DEFAULT_FUSION_WEIGHT",
     "DEFAULT_RERANK_K",
     "EMBEDDERS",
     "GENERATORS",
@@ -50,10 +58,13 @@ __all__ = [
     "Reranker",
     "SearchFilter",
     "SearchHit",
+    "SearchResults",
     "SentenceTransformerEmbedder",
     "Summarizer",
     "TransformersGenerator",
+    "attribution",
     "dense_scores",
+    "fuse_with_first_stage",
     "index_text",
     "load_embedder",
     "load_generator",

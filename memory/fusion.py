@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+DEFAULT_FUSION_WEIGHT = 0.3  # reranker + first stage: chosen by conversation-level cross-validation (README)
 DENSE_DECIMALS = 6  # cosine scores are kept to 1e-6: BLAS rounds the last bits by where a row sits
 
 
@@ -44,3 +45,23 @@ def rrf(rankings: Sequence[np.ndarray], n: int, k: int = 60) -> np.ndarray:
     for ranking in rankings:
         fused[ranking] += 1.0 / (k + np.arange(1, len(ranking) + 1))
     return fused
+
+
+def fuse_with_first_stage(scores: Sequence[float] | np.ndarray, weight: float) -> np.ndarray:
+    """A reranker's scores of candidates that arrived in first-stage order, fused with that order:
+    z-scored reranker scores plus `weight` times the z-scored -log(first-stage rank).
+
+    (N,) -> (N,). `weight` 0 keeps the reranker's order; a large weight keeps the first stage's.
+    Both parts are standardised per query, so the weight means the same for any reranker's scale."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"need a non-empty 1-d array of scores, got shape {s.shape}")
+    if s.size == 1 or weight == 0:
+        return s.copy()
+    prior = -np.log(np.arange(1, s.size + 1, dtype=np.float64))  # first stage's rank 1 is best
+    return _standardise(s) + weight * _standardise(prior)
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)

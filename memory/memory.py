@@ -38,8 +38,10 @@ from store.jsonio import read_json_file
 from store.redact import get_logger
 from store.store import SECURE_DELETE_WAIT
 
+from .attribution import attribution
 from .embedders import Embedder, load_embedder, load_stored_embedder
 from .filters import SearchFilter
+from .fusion import DEFAULT_FUSION_WEIGHT, fuse_with_first_stage
 from .ranking import Reranker
 from .rerankers import load_reranker
 from .retrieval import (
@@ -51,7 +53,7 @@ from .retrieval import (
     index_text,
 )
 from .summaries import Summarizer, catch_up
-from .types import IngestReport, ReindexReport, SearchHit
+from .types import IngestReport, ReindexReport, SearchHit, SearchResults
 
 log = get_logger(__name__)
 
@@ -75,7 +77,8 @@ class Memory:
                  summarizer: Summarizer | None = None,
                  rerank_context: Literal["date", "summary", "none"] = "date",
                  secure_delete: bool = False, secure_delete_wait: float = SECURE_DELETE_WAIT,
-                 create: bool = True, index_cache_bytes: int = DEFAULT_INDEX_BYTES) -> None:
+                 create: bool = True, index_cache_bytes: int = DEFAULT_INDEX_BYTES,
+                 fusion_weight: float = DEFAULT_FUSION_WEIGHT) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(
@@ -93,6 +96,10 @@ class Memory:
         if rerank_context not in ("date", "summary", "none"):
             raise InputError(f"rerank_context must be date, summary or none, got {rerank_context!r}")
         self.rerank_context = rerank_context
+        if (isinstance(fusion_weight, bool) or not isinstance(fusion_weight, (int, float))
+                or not 0 <= fusion_weight < float("inf")):
+            raise InputError(f"fusion_weight must be a number >= 0 (0: the reranker's order alone), got {fusion_weight!r}")
+        self.fusion_weight = float(fusion_weight)
         self.retriever = Retriever(self.store, lambda: self.embedder, rrf_k, IndexCache(index_cache_bytes))
 
     @property
@@ -325,7 +332,7 @@ class Memory:
     def search(self, user_id: str, query: str, k: int = 10, *, mode: SearchMode | None = None,
                rerank: bool = False, rerank_k: int | None = None,
                session_ids: Iterable[str] | None = None, after: date | str | None = None,
-               before: date | str | None = None) -> list[SearchHit]:
+               before: date | str | None = None) -> SearchResults:
         """The user's `k` best chunks for `query`, best first (first stage: hybrid by default).
 
         Filters (see `memory.filters`): only chunks of `session_ids`, and only sessions dated on or
@@ -333,9 +340,12 @@ class Memory:
         are left out when a bound is given). They mask the candidates before top-k.
 
         With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
-        listwise by `self.reranker`, and the best `k` of them are returned with the reranker's
-        scores. Memory context per `rerank_context`: `date` (each chunk's session date), `summary`
-        (each chunk's session summary, else its date, plus the conversation summary) or `none`.
+        listwise by `self.reranker`; its scores are fused with the first-stage order
+        (`fusion_weight`, see `memory.fusion.fuse_with_first_stage`; 0 keeps the reranker's order),
+        and the best `k` are returned with the fused scores. When the reranker's scores are attention
+        mass (QRRanker), the results carry `relevance` (`memory.attribution`). Memory context per
+        `rerank_context`: `date` (each chunk's session date), `summary` (each chunk's session
+        summary, else its date, plus the conversation summary) or `none`.
         """
         flt = SearchFilter.build(session_ids, after, before)
         if rerank:
@@ -344,10 +354,18 @@ class Memory:
             first = self.search(user_id, query, k=max(pool, 1), mode=mode, session_ids=session_ids,
                                 after=after, before=before)
             if not first:
-                return []
+                return SearchResults()
             contexts, summary = self._rerank_context(user_id, first)
-            ranked = self.reranker.rank(query, [h.text for h in first], contexts=contexts, summary=summary)
-            return [replace(first[r.index], rank=r.rank, score=r.score) for r in ranked.top_k(k)]
+            texts = [h.text for h in first]
+            ranked = self.reranker.rank(query, texts, contexts=contexts, summary=summary)
+            raw = [0.0] * len(first)
+            for r in ranked:
+                raw[r.index] = r.score
+            fused = fuse_with_first_stage(raw, self.fusion_weight).tolist()
+            order = sorted(range(len(first)), key=lambda i: (-fused[i], i))[:k]
+            relevance = attribution(query, texts, raw) if self.reranker.score_is_mass else None
+            return SearchResults((replace(first[i], rank=n, score=fused[i]) for n, i in enumerate(order, start=1)),
+                                 relevance=relevance)
         mode = mode or self.first_stage
         if mode not in SEARCH_MODES:
             raise InputError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")
@@ -358,8 +376,8 @@ class Memory:
         except UnicodeEncodeError:
             raise InputError("query is not valid Unicode (it holds a lone surrogate)") from None
         _check_count(k, "k")
-        return [_hit(chunk, score, r) for r, (chunk, score)
-                in enumerate(self.retriever.search(user_id, query, k, mode, flt), start=1)]
+        return SearchResults(_hit(chunk, score, r) for r, (chunk, score)
+                             in enumerate(self.retriever.search(user_id, query, k, mode, flt), start=1))
 
     def _rerank_context(self, user_id: str, hits: list[SearchHit]) -> tuple[list[str | None] | None, str | None]:
         if self.rerank_context == "none":

@@ -41,6 +41,10 @@ class RankedResults:
 class Reranker(ABC):
     """Scores candidates for a query, all together (listwise) or one by one."""
 
+    #: True when scores are non-negative masses that can be shared out among candidates (attention
+    #: mass, as QRRanker's): `Memory.search` then reports `SearchResults.relevance`.
+    score_is_mass: bool = False
+
     @abstractmethod
     def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
               summary: str | None = None) -> list[float]:

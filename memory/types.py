@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +26,19 @@ class SearchHit:
         d = asdict(self)
         d["turn_ids"] = list(self.turn_ids)
         return d
+
+
+class SearchResults(list[SearchHit]):
+    """The hits of one search, best first: a plain list of `SearchHit`, plus `relevance`, what the
+    reranker said about the search as a whole (None without one, or when it cannot say).
+
+    `relevance` (in [0, 1]) is the share of the reranker's attention mass on turns spoken by the
+    person the query asks about (`memory.attribution`); low values mean the memories that match
+    were said by someone else (`MemoryAgent` then answers that it has no memory of it)."""
+
+    def __init__(self, hits: Iterable[SearchHit] = (), *, relevance: float | None = None) -> None:
+        super().__init__(hits)
+        self.relevance = relevance
 
 
 @dataclass

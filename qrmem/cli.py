@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from memory.fusion import DEFAULT_FUSION_WEIGHT
 from memory.retrieval import DEFAULT_RERANK_K
 from store.errors import InputError, QrmemError
 
@@ -49,6 +50,34 @@ DbOpt = Annotated[str | None, typer.Option(
     help="SQLite file or SQLAlchemy URL [default: $QRMEM_DB or the user data dir]")]
 UserOpt = Annotated[str, typer.Option("--user", "-u", callback=_given, help="user (conversation owner) id")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+FusionOpt = Annotated[float, typer.Option(
+    "--fusion-weight", min=0.0, help="weight of the first-stage order fused with the reranker's scores (0: reranker alone)")]
+
+
+def _abstain(value: str | None) -> str | None:
+    """--abstain-below: a number in [0, 1], or 'none' (never abstain)."""
+    if value is None or value.strip().lower() == "none":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 <= number <= 1:
+        raise typer.BadParameter(f"takes a number in [0, 1] or none, got {value!r}")
+    return value
+
+
+AbstainOpt = Annotated[str | None, typer.Option(
+    "--abstain-below", callback=_abstain, metavar="X|none",
+    help="answer 'no memory of that' when the reranked search's relevance is below X [default: the shipped threshold]")]
+
+
+def abstain_value(value: str | None) -> float | None:
+    from agent import DEFAULT_ABSTAIN_BELOW
+
+    if value is None:
+        return DEFAULT_ABSTAIN_BELOW
+    return None if value.strip().lower() == "none" else float(value)
 EmbedderOpt = Annotated[str | None, typer.Option(
     "--embedder", callback=_given, help="sentence-transformers name/path or BACKEND:ARG (e.g. hashing:256) "
                                         "[default: the store's own embedder, else the offline MiniLM]")]
@@ -269,6 +298,7 @@ def search(
     rerank: Annotated[bool, typer.Option("--rerank", help="rerank the first stage (QRRanker unless --reranker)")] = False,
     rerank_k: Annotated[int, typer.Option("--rerank-k", help="first-stage candidates to rerank")] = DEFAULT_RERANK_K,
     reranker: Annotated[str, typer.Option(help="with --rerank: qr, qr:PATH, or a plug-in's NAME[:ARG]")] = "qr",
+    fusion_weight: FusionOpt = DEFAULT_FUSION_WEIGHT,
     as_json: JsonOpt = False,
     session: Annotated[list[str] | None, typer.Option(
         "--session", metavar="ID", help="only this session (repeat for several)")] = None,
@@ -277,10 +307,13 @@ def search(
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
     --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker. --session,
-    --after and --before keep only those sessions (undated sessions are left out by a date bound)."""
+    --after and --before keep only those sessions (undated sessions are left out by a date bound).
+    Reranked scores are fused with the first-stage order (--fusion-weight); with QRRanker the
+    search's relevance is printed (the share of its attention on the asked person's own turns)."""
     mem = open_memory(db, embedder, create=False)  # a missing store is refused before a model loads
     if rerank:
         mem = open_memory(db, embedder, reranker=load_ranker(reranker, model, qr), create=False)
+    mem.fusion_weight = fusion_weight
     hits = mem.search(user, query, k=k, mode=mode, rerank=rerank, rerank_k=rerank_k, session_ids=session,
                       after=after, before=before)
     if as_json:
@@ -291,6 +324,8 @@ def search(
     for h in hits:
         typer.echo(f"{h.rank:3d}. {h.score:.4f} [{h.session_id}, {h.session_date or 'no date'}] "
                    f"{','.join(h.turn_ids)}  {h.text}")
+    if hits.relevance is not None:
+        typer.echo(f"relevance {hits.relevance:.2f}: share of the reranker's attention on turns of the person asked about")
 
 
 @app.command()
@@ -464,6 +499,8 @@ def chat(
     top_n: Annotated[int, typer.Option(help="memories given to the generator")] = 3,
     rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="rerank with QRRanker")] = True,
     summarize: Annotated[bool, typer.Option("--summarize/--no-summarize", help="roll summaries at the end")] = True,
+    fusion_weight: FusionOpt = DEFAULT_FUSION_WEIGHT,
+    abstain_below: AbstainOpt = None,
 ) -> None:
     """Chat with persistent memory: each exchange is stored; memory carries over between runs.
     Type /end (or Ctrl-D) to close the session. A message that could not be stored (too long, a
@@ -475,7 +512,8 @@ def chat(
     generator = gen.load()
     mem = open_memory(db)
     mem.summarizer = Summarizer(generator) if summarize else None
-    agent = MemoryAgent(mem, generator, top_n=top_n, rerank=rerank)
+    mem.fusion_weight = fusion_weight
+    agent = MemoryAgent(mem, generator, top_n=top_n, rerank=rerank, abstain_below=abstain_value(abstain_below))
     if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 refuse one line, not the chat
         sys.stdin.reconfigure(errors="surrogateescape")
     typer.echo(f"memory: {mem.store.safe_url}, user {user!r}; /end to finish")
@@ -532,6 +570,8 @@ def eval_locomo(
         callback=_given, help="question categories, e.g. 1,2,3,4 [default: all]")] = None,
     no_answer: Annotated[bool, typer.Option("--no-answer", help="retrieval only: skip the generator, no F1")] = False,
     download: Annotated[bool, typer.Option("--download", help="fetch the public locomo10.json (needs network)")] = False,
+    fusion_weight: FusionOpt = DEFAULT_FUSION_WEIGHT,
+    abstain_below: AbstainOpt = None,
 ) -> None:
     """Ingest LoCoMo conversations session by session, answer every question from memory, score it."""
     from agent.evaluation import build_and_run, parse_categories, report
@@ -541,7 +581,8 @@ def eval_locomo(
                             conversations=parse_conversations(conversations), reranker=reranker,
                             generator=gen.generator, base_url=gen.base_url, api_key_env=gen.api_key_env,
                             summaries=summaries, download_public=download, progress=sys.stderr.isatty(),
-                            categories=parse_categories(categories), answer=not no_answer)
+                            categories=parse_categories(categories), answer=not no_answer,
+                            fusion_weight=fusion_weight, abstain_below=abstain_value(abstain_below))
     typer.echo(report(summary))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'chart.png'}")
 

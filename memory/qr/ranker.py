@@ -69,6 +69,8 @@ class HeadScores:
 class QRRanker(Reranker):
     """Reranks candidates with the summed, calibrated attention of a few QR heads of a causal LM."""
 
+    score_is_mass = True
+
     def __init__(self, model: Any, tokenizer: Any, config: QRConfig, *, name: str = "qr",
                  n_model_layers: int | None = None) -> None:
         self.model = model  # the decoder stack, cut after the last needed layer

@@ -98,7 +98,7 @@ async def search(body: SearchBody, user: User, service: Service) -> SearchOut:
     hits = await service.run(service.search, user, body.query, k=body.k, mode=body.mode, rerank=body.rerank,
                              rerank_k=body.rerank_k, session_ids=body.session_ids, after=body.after,
                              before=body.before, model=body.rerank)
-    return SearchOut(hits=[HitOut.model_validate(h.as_dict()) for h in hits])
+    return SearchOut(hits=[HitOut.model_validate(h.as_dict()) for h in hits], relevance=hits.relevance)
 
 
 @v1.get("/sessions", response_model=SessionsOut, summary="List the user's sessions")
@@ -141,7 +141,8 @@ async def chat(body: ChatBody, user: User, service: Service) -> ChatOut:
     service.require_generator()
     answer = await service.run(service.chat, user, body.message, date=body.date, model=True)
     return ChatOut(text=answer.text, session_id=answer.session_id, turn_ids=answer.turn_ids,
-                   chunks=[UsedChunkOut.model_validate(c) for c in answer.chunks], seconds=answer.seconds)
+                   chunks=[UsedChunkOut.model_validate(c) for c in answer.chunks], seconds=answer.seconds,
+                   relevance=answer.relevance, abstained=answer.abstained)
 
 
 users = APIRouter(prefix="/v1/users", responses=ERRORS)

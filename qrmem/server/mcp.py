@@ -66,6 +66,9 @@ class MemoryHit(BaseModel):
 
 class Found(BaseModel):
     hits: list[MemoryHit]
+    relevance: float | None = Field(None, description=(
+        "with rerank: share of the reranker's attention on turns of the person the query names; "
+        "low means the matching memories were said by someone else, so say you do not remember it"))
 
 
 class SessionItem(BaseModel):
@@ -157,7 +160,8 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
         hits = await call(ctx, service.search, query, k=limit, mode=None, rerank=rerank, rerank_k=None,
                           session_ids=session_ids, after=after, before=before, model=rerank)
         return Found(hits=[MemoryHit(rank=h.rank, score=h.score, text=h.text, session_id=h.session_id,
-                                     session_date=h.session_date, turn_ids=list(h.turn_ids)) for h in hits])
+                                     session_date=h.session_date, turn_ids=list(h.turn_ids)) for h in hits],
+                     relevance=hits.relevance)
 
     @tool(title="List memories", read_only_hint=True)
     async def get_memories(

@@ -71,6 +71,7 @@ class ProcessReranker(Reranker):
 
     def __init__(self, process: ModelProcess, name: str) -> None:
         self.process, self.name = process, name
+        self.score_is_mass = name.partition(":")[0] == "qr"  # QRRanker: attention mass (relevance)
 
     def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
               summary: str | None = None) -> list[float]:

@@ -77,6 +77,9 @@ class HitOut(Out):
 
 class SearchOut(Out):
     hits: list[HitOut]
+    relevance: float | None = Field(None, description=(
+        "with rerank and QRRanker: share of its attention on turns of the person the query names "
+        "(low: the matching memories were said by someone else); null otherwise"))
 
 
 class SessionOut(Out):
@@ -148,6 +151,8 @@ class ChatOut(Out):
     turn_ids: list[str]
     chunks: list[UsedChunkOut]
     seconds: dict[str, float]
+    relevance: float | None = None  # the search's relevance (see SearchOut)
+    abstained: bool = False  # answered "no memory of that" without the generator
 
 
 class ErrorDetail(BaseModel):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from agent import Answer, MemoryAgent
-from memory import Memory, SearchHit, load_generator
+from memory import Memory, SearchResults, load_generator
 from store import (
     AddResult,
     ApiKeys,
@@ -149,7 +149,7 @@ class MemoryService:
 
     def search(self, user_id: str, query: str, *, k: int, mode: str | None, rerank: bool,
                rerank_k: int | None, session_ids: list[str] | None, after: dt.date | None,
-               before: dt.date | None) -> list[SearchHit]:
+               before: dt.date | None) -> SearchResults:
         if rerank and not self.cfg.has_reranker:
             raise NotConfiguredError("this server runs without a reranker (--reranker none); "
                                      "search with rerank=false, or start it with --reranker qr")

@@ -1,0 +1,111 @@
+"""Reranked search fused with the first stage, the search's relevance (who said it), and the agent
+answering that it has no memory when the relevance says so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent import NO_MEMORY, MemoryAgent, should_abstain
+from memory import HashingEmbedder, Memory, Reranker, SearchResults, attribution, fuse_with_first_stage
+from memory.attribution import asked_speaker, speaker_of
+from memory.generators import Generator
+from store import InputError
+
+SESSION = [
+    {"speaker": "Caroline", "text": "I went to a pottery class and made a blue bowl."},
+    {"speaker": "Melanie", "text": "I ran a charity race for mental health last Saturday."},
+    {"speaker": "Caroline", "text": "That sounds wonderful, how did it go?"},
+    {"speaker": "Melanie", "text": "The charity race taught me that self-care is important."},
+]
+
+
+class WordMass(Reranker):
+    """Attention-like mass: the share of the query's words found in each candidate (non-negative)."""
+
+    score_is_mass = True
+
+    def score(self, query, docs, *, contexts=None, summary=None):
+        words = {w.strip("?.,'").lower() for w in query.split()}
+        return [float(len(words & {w.strip("?.,'").lower() for w in d.split()})) for d in docs]
+
+
+class Counting(Generator):
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, messages, options) -> str:
+        self.calls += 1
+        return "from memory"
+
+
+def test_fusion_weight_moves_between_the_reranker_and_the_first_stage_order() -> None:
+    scores = np.array([0.1, 0.5, 0.2, 0.9, 0.3])  # candidates in first-stage order
+    assert list(np.argsort(-fuse_with_first_stage(scores, 0.0))) == [3, 1, 4, 2, 0]
+    assert list(np.argsort(-fuse_with_first_stage(scores, 100.0))) == [0, 1, 2, 3, 4]
+    mid = fuse_with_first_stage(scores, 0.5)
+    assert np.argmax(mid) == 3 and list(np.argsort(-mid)) != [3, 1, 4, 2, 0]  # the prior lifts rank 1
+    # Standardised: the weight means the same for any scale or offset of the reranker's scores.
+    np.testing.assert_allclose(fuse_with_first_stage(scores * 40 - 7, 0.5), mid)
+    assert fuse_with_first_stage([2.0], 0.5).tolist() == [2.0]
+    with pytest.raises(ValueError, match="non-empty"):
+        fuse_with_first_stage([], 0.5)
+
+
+def test_attribution_is_the_share_of_mass_on_the_asked_persons_turns() -> None:
+    texts = [f"{t['speaker']}: {t['text']}" for t in SESSION]
+    assert speaker_of(texts[1]) == "Melanie" and speaker_of("no speaker here") is None
+    assert asked_speaker("What did Caroline's race teach her?", ["Caroline", "Melanie"]) == "Caroline"
+    assert asked_speaker("What did they do?", ["Caroline", "Melanie"]) is None
+    assert asked_speaker("Did Caroline meet Melanie?", ["Caroline", "Melanie"]) is None  # two named
+    assert attribution("What did Caroline learn?", texts, [1.0, 3.0, 0.0, 4.0]) == pytest.approx(1 / 8)
+    assert attribution("What did Melanie learn?", texts, [1.0, 3.0, 0.0, 4.0]) == pytest.approx(7 / 8)
+    assert attribution("What did Melanie learn?", texts, [-1.0, 3.0, 0.0, 1.0]) == pytest.approx(1.0)  # clipped
+    assert attribution("What did they learn?", texts, [1.0, 3.0, 0.0, 4.0]) is None
+    assert attribution("What did Melanie learn?", texts, [0.0, 0.0, 0.0, 0.0]) is None
+
+
+def test_reranked_search_carries_relevance_and_fuses_with_the_first_stage(db: str) -> None:
+    mem = Memory(db, embedder=HashingEmbedder(64), reranker=WordMass(), fusion_weight=0.0)
+    mem.add_session("u", SESSION, session_id="s1", date="20 May 2023")
+    plain = mem.search("u", "charity race Caroline", k=4)
+    assert isinstance(plain, SearchResults) and plain.relevance is None  # no reranker, no relevance
+    hits = mem.search("u", "What did Caroline realize after her charity race?", k=4, rerank=True, rerank_k=4)
+    texts = [h.text for h in hits]
+    # The words match Melanie's turns: little of the mass lies on Caroline's own.
+    assert hits.relevance is not None and hits.relevance < 0.5
+    assert texts[0].startswith("Melanie:")
+    own = mem.search("u", "What did Melanie realize after her charity race?", k=4, rerank=True, rerank_k=4)
+    assert own.relevance is not None and own.relevance > 0.5
+    # Without speaker names in the query there is nothing to attribute.
+    assert mem.search("u", "charity race", k=4, rerank=True, rerank_k=4).relevance is None
+    # A reranker whose scores are not mass gives no relevance.
+    mem_plain = Memory(db, embedder=HashingEmbedder(64), reranker=type("Plain", (WordMass,), {"score_is_mass": False})())
+    assert mem_plain.search("u", "What did Caroline realize?", k=2, rerank=True, rerank_k=4).relevance is None
+    # fusion_weight: 0 is the reranker's order, a large weight the first stage's.
+    first = mem.search("u", "What did Caroline realize after her charity race?", k=4)
+    mem.fusion_weight = 1000.0
+    fused = mem.search("u", "What did Caroline realize after her charity race?", k=4, rerank=True, rerank_k=4)
+    assert [h.chunk_id for h in fused] == [h.chunk_id for h in first]
+    with pytest.raises(InputError, match="fusion_weight"):
+        Memory(db, fusion_weight=-1)
+
+
+def test_agent_says_it_has_no_memory_when_the_memories_were_said_by_someone_else(db: str) -> None:
+    mem = Memory(db, embedder=HashingEmbedder(64), reranker=WordMass(), fusion_weight=0.0)
+    mem.add_session("u", SESSION, session_id="s1", date="20 May 2023")
+    gen = Counting()
+    agent = MemoryAgent(mem, gen, rerank_k=4, top_n=2, abstain_below=0.5)
+    answer = agent.chat("u", "What did Melanie realize after her charity race?")
+    assert not answer.abstained and answer.text == "from memory" and gen.calls == 1
+    answer = agent.chat("u", "What did Caroline realize after her charity race?")
+    assert answer.abstained and answer.text == NO_MEMORY and gen.calls == 1  # the generator was not asked
+    assert answer.relevance is not None and answer.relevance < 0.5
+    assert mem.search("u", "not mentioned in our conversations", k=1, mode="bm25")[0].text == f"assistant: {NO_MEMORY}"  # stored
+    never = MemoryAgent(mem, gen, rerank_k=4, top_n=2, abstain_below=None)
+    assert not never.chat("u", "What did Caroline realize after her charity race?").abstained
+    assert should_abstain(0.2, 0.3) and not should_abstain(None, 0.3) and not should_abstain(0.2, None)
+    with pytest.raises(InputError, match="abstain_below"):
+        MemoryAgent(mem, gen, abstain_below=1.5)
