@@ -29,6 +29,8 @@ import numpy as np
 
 from agent.locomo import first_stage_candidates, locomo_questions
 from memory import Memory
+from memory.attribution import attribution
+from memory.fusion import DEFAULT_FUSION_WEIGHT, fuse_with_first_stage
 from memory.metrics import ndcg_at_k, recall_at_k
 from store.files import write_private
 
@@ -36,6 +38,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/locomo/
 ALL = ("conv-26", "conv-30", "conv-41", "conv-42", "conv-43", "conv-49")
 UNSEEN = ("conv-41", "conv-42", "conv-43", "conv-49")  # never seen by the shipped heads' detection or training
 BASE_SAMPLE = (45, 15)  # per conversation: questions of categories 1-4, of category 5 (seeded)
+VARIANTS = {"shipped-k30": {"k": 30}, "shipped-nodate": {"dates": False}}
+VARIANT_SAMPLE = (40, 0)  # a subset of the shipped sample (same seed, so the same first questions)
 SHIPPED_SAMPLE = (100, 40)  # the same for the shipped reranker (conv-41 was captured whole: 152 + 41)
 
 
@@ -69,6 +73,8 @@ def capture(args) -> None:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     plan = [("shipped", c, SHIPPED_SAMPLE) for c in UNSEEN] + [("base", c, BASE_SAMPLE) for c in ALL]
+    # candidate formatting, on the first questions of each shipped sample: K=30, and no dates as context
+    plan += [(variant, c, VARIANT_SAMPLE) for variant in VARIANTS for c in UNSEEN]
     rankers: dict = {}
     for model, conv, sample in plan:
         if (cache / f"{model}.{conv}.npz").exists():
@@ -76,16 +82,19 @@ def capture(args) -> None:
         if model not in rankers:
             rankers.clear()
             # base: the shipped head list on the untrained model, calibrated (as detection scores heads)
-            rankers[model] = (QRRanker.load(dtype="float32") if model == "shipped"
+            rankers[model] = (QRRanker.load(dtype="float32") if model.startswith("shipped")
                               else QRRanker.load(heads=_shipped_heads(), dtype="float32"))
         ranker = rankers[model]
+        variant = VARIANTS.get(model, {})
         qs = questions_of(data, conv, sample)
-        cands = first_stage_candidates(mem, qs, args.k)
+        if variant:  # the first questions of the shipped sample, so both are measured on the same ones
+            qs = questions_of(data, conv, SHIPPED_SAMPLE)[: sample[0]]
+        cands = first_stage_candidates(mem, qs, variant.get("k", args.k))
         meta, arrays = [], {}
         t0 = time.perf_counter()
         layers = tuple(range(ranker.n_layers))
         for i, c in enumerate(cands):
-            docs, dates = list(c.texts), list(c.dates)
+            docs, dates = list(c.texts), (list(c.dates) if variant.get("dates", True) else None)
             q = c.question.question
             if model == "base":
                 hs = ranker.head_scores(q, docs, contexts=dates, layers=layers)
@@ -179,9 +188,7 @@ def fuse(qr: np.ndarray, method: str, w: float, c: float) -> np.ndarray:
     fs_rank = np.arange(1, len(qr) + 1, dtype=np.float64)
     if method == "rrf":
         return w / (c + rank_positions(qr)) + (1 - w) / (c + fs_rank)
-    z = (qr - qr.mean()) / (qr.std() + 1e-9)
-    prior = -np.log(fs_rank)
-    return z + w * (prior - prior.mean()) / (prior.std() + 1e-9)
+    return fuse_with_first_stage(qr, w)  # what Memory.search ships
 
 
 FUSION_GRID = [("rrf", w, c) for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8) for c in (1, 3, 10, 30, 60)] + \
@@ -254,6 +261,9 @@ def abstention_features(q, heads) -> dict[str, float]:
     words = {w.strip("?.,!'").lower() for w in q["question"].replace("'s", " ").split()}
     asked = [n for n in names if n.split()[0].lower() in words]
     tokens = [t.replace("\u0120", " ").strip().lower() for t in q["query_tokens"]]
+    shipped_signal = attribution(q["question"], q["texts"], s)
+    if shipped_signal is not None:  # exactly what SearchResults.relevance reports (low = abstain)
+        feats["relevance (memory.attribution), negated"] = -shipped_signal
     if len(asked) != 1:
         return feats  # the speaker signals need exactly one person asked about
     person = asked[0]
@@ -324,6 +334,25 @@ def abstention(convs: dict, heads) -> dict:
             curve.append({"held_out": held, "false_abstention_target": target,
                           "abstain_adversarial": round(float((pte[labels[held]] > thr).mean()), 3),
                           "abstain_answerable": round(float((pte[~labels[held]] > thr).mean()), 3)})
+    # The shipped signal alone: threshold from the training folds' answerable questions (a target
+    # share of them abstaining), applied to the held-out conversation.
+    key = "relevance (memory.attribution), negated"
+    rel = {c: np.array([-f[key] if key in f else np.nan for f in feats[c]]) for c in convs}
+    shipped_curve = []
+    for held in convs:
+        tr_rel = np.concatenate([rel[c][~labels[c]] for c in convs if c != held])
+        for target in (0.02, 0.05, 0.10, 0.15, 0.20):
+            thr = float(np.nanquantile(tr_rel, target))
+            te, y = rel[held], labels[held]
+            shipped_curve.append({"held_out": held, "target": target, "threshold": round(thr, 4),
+                                  "abstain_adversarial": float(np.mean(te[y] < thr)),
+                                  "abstain_answerable": float(np.mean(te[~y] < thr))})
+    out["relevance_threshold"] = {t: {k: round(float(np.mean([r[k] for r in shipped_curve if r["target"] == t])), 3)
+                                      for k in ("threshold", "abstain_adversarial", "abstain_answerable")}
+                                  for t in (0.02, 0.05, 0.10, 0.15, 0.20)}
+    all_answerable = np.concatenate([rel[c][~labels[c]] for c in convs])
+    out["relevance_threshold_all_folds"] = {t: round(float(np.nanquantile(all_answerable, t)), 4)
+                                            for t in (0.02, 0.05, 0.10, 0.15, 0.20)}
     out["logistic_combination"] = {"auc_by_conversation": combo, "auc_mean": round(float(np.mean(list(combo.values()))), 3)}
     out["tradeoff"] = {t: {k: round(float(np.mean([r[k] for r in curve if r["false_abstention_target"] == t])), 3)
                            for k in ("abstain_adversarial", "abstain_answerable")} for t in (0.05, 0.10, 0.20)}
@@ -352,9 +381,30 @@ def analyze(args) -> None:
                 [fuse(head_sum(q, heads), *ch) for q in test], ch)
         return res
 
-    if shipped:
+    if len(shipped) >= 2:  # folds need a conversation to train on beside the held-out one
         out["shipped_loco_unseen"] = loco(shipped, shipped_fold)
         out["abstention"] = abstention(shipped, heads8)
+    variants = {}
+    for variant in VARIANTS:
+        got = load(cache, variant)
+        if not got:
+            continue
+        rows = {}
+        for conv, qs in got.items():
+            by_text = {q["question"]: q for q in answerable(shipped.get(conv, []))}
+            pairs = [(by_text[q["question"]], q) for q in answerable(qs) if q["question"] in by_text]
+            ref, var = [p[0] for p in pairs], [p[1] for p in pairs]
+            rows[conv] = {"questions": len(pairs),
+                          "hybrid": quality([first_stage(q) for q in var], var),
+                          "shipped (K=20, dates)": quality([head_sum(q, heads8) for q in ref], ref),
+                          variant: quality([head_sum(q, heads8) for q in var], var),
+                          f"{variant} + fusion {DEFAULT_FUSION_WEIGHT}": quality(
+                              [fuse(head_sum(q, heads8), "z", DEFAULT_FUSION_WEIGHT, 0) for q in var], var)}
+        names = [n for n in next(iter(rows.values())) if n != "questions"]
+        variants[variant] = {"by_conversation": rows, "means": {
+            n: [round(float(np.mean([r[n][i] for r in rows.values()])), 4) for i in (0, 1)] for n in names}}
+    if variants:
+        out["formatting"] = variants
     base = load(cache, "base")
     if len(base) == len(ALL):
         def base_fold(train, test):
@@ -372,10 +422,16 @@ def analyze(args) -> None:
         out["base_loco_all6"] = loco(base, base_fold)
     for section, table in out.items():
         print(f"\n{section}")
+        if section == "formatting":
+            for variant, v in table.items():
+                print(f"  {variant}: {v['means']}")
+            continue
         if section == "abstention":
             for name, row in table["signals"].items():
                 print(f"  {name:60s} AUC {row['auc_mean']:.3f} {row['auc_by_conversation']} cover {row['coverage']}")
             print("  logistic combination", table["logistic_combination"], "\n  trade-off", table["tradeoff"])
+            print("  relevance threshold by training folds", table["relevance_threshold"])
+            print("  threshold on all four conversations", table["relevance_threshold_all_folds"])
             continue
         for name, row in table.items():
             print(f"  {name:50s} R@5 {row['recall@5']:.3f}  nDCG@10 {row['ndcg@10']:.3f}  "

@@ -109,3 +109,32 @@ def test_agent_says_it_has_no_memory_when_the_memories_were_said_by_someone_else
     assert should_abstain(0.2, 0.3) and not should_abstain(None, 0.3) and not should_abstain(0.2, None)
     with pytest.raises(InputError, match="abstain_below"):
         MemoryAgent(mem, gen, abstain_below=1.5)
+
+
+def test_cli_prints_relevance_and_takes_fusion_and_abstention_options(tmp_path, tiny_lm) -> None:
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from qrmem.cli import app
+
+    db = str(tmp_path / "cli.db")
+    data = tmp_path / "s.jsonl"
+    data.write_text(_json.dumps({"user_id": "u", "session_id": "s1", "date": "20 May 2023", "turns": SESSION}) + "\n")
+    runner = CliRunner()
+    ingested = runner.invoke(app, ["ingest", "--db", db, "--embedder", "hashing:64", str(data)])
+    assert ingested.exit_code == 0, ingested.output
+    model = ["--model", str(tiny_lm("llama")), "--heads", "2-1,3-0", "--dtype", "float32"]
+    query = "What did Caroline realize after her charity race?"
+    res = runner.invoke(app, ["search", "--db", db, "--user", "u", "--embedder", "hashing:64", "--k", "4",
+                              "--rerank", "--rerank-k", "4", *model, query])
+    assert res.exit_code == 0, res.output
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("relevance ")]
+    assert len(line) == 1 and 0 <= float(line[0].split()[1].rstrip(":")) <= 1
+    first = runner.invoke(app, ["search", "--db", db, "--user", "u", "--embedder", "hashing:64", "--k", "4",
+                                "--json", query])
+    fused = runner.invoke(app, ["search", "--db", db, "--user", "u", "--embedder", "hashing:64", "--k", "4",
+                                "--json", "--rerank", "--rerank-k", "4", "--fusion-weight", "1000", *model, query])
+    assert [h["chunk_id"] for h in _json.loads(fused.stdout)] == [h["chunk_id"] for h in _json.loads(first.stdout)]
+    bad = runner.invoke(app, ["eval", "locomo", "--abstain-below", "2", "--out", str(tmp_path / "e")])
+    assert bad.exit_code == 2 and "abstain-below" in bad.output

@@ -145,7 +145,7 @@ def test_sessions_messages_search_read_delete(served, tmp_path: Path) -> None:
     assert delete(server, key, user).json()["turns"] == 2
     message = assert_error(get(server, key, f"{user}/sessions"), 404, "not_found")
     assert db not in message  # the store's location is not the client's business
-    assert post(server, key, f"{user}/search", {"query": "kitten"}).json() == {"hits": []}
+    assert post(server, key, f"{user}/search", {"query": "kitten"}).json() == {"hits": [], "relevance": None}
 
 
 def test_authentication_and_user_scope(served) -> None:
@@ -540,9 +540,11 @@ def test_rerank_through_the_server_with_the_embedded_qrranker(tmp_path: Path, qr
             {"speaker": "ana", "text": "I repainted the fence last weekend."},
             {"speaker": "ana", "text": "My kitten's name is Miso, a grey tabby."},
             {"speaker": "ana", "text": "The weather was grey all week."}]})
-        hits = post(server, key, "ana/search", {"query": "What is the name of Ana's kitten?", "k": 3,
-                                                "rerank": True}).json()["hits"]
+        found = post(server, key, "ana/search", {"query": "What is the name of Ana's kitten?", "k": 3,
+                                                 "rerank": True}).json()
+        hits = found["hits"]
         assert hits[0]["text"] == "ana: My kitten's name is Miso, a grey tabby."
+        assert found["relevance"] == 1.0  # every candidate was said by ana, the person asked about
         assert [h["rank"] for h in hits] == [1, 2, 3]
     finally:
         assert server.stop() == 0
