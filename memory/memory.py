@@ -334,7 +334,8 @@ class Memory:
 
         With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
         listwise by `self.reranker`, and the best `k` of them are returned with the reranker's
-        scores. Memory context per `rerank_context`: `date` (each chunk's session date), `summary`
+        scores and, from a reranker that gives them (QRRanker), each hit's `evidence`: the spans
+        of its text the reranker attended to most. Memory context per `rerank_context`: `date` (each chunk's session date), `summary`
         (each chunk's session summary, else its date, plus the conversation summary) or `none`.
         """
         flt = SearchFilter.build(session_ids, after, before)
@@ -346,8 +347,10 @@ class Memory:
             if not first:
                 return []
             contexts, summary = self._rerank_context(user_id, first)
-            ranked = self.reranker.rank(query, [h.text for h in first], contexts=contexts, summary=summary)
-            return [replace(first[r.index], rank=r.rank, score=r.score) for r in ranked.top_k(k)]
+            ranked = self.reranker.rank(query, [h.text for h in first], contexts=contexts, summary=summary,
+                                        evidence=True)
+            return [replace(first[r.index], rank=r.rank, score=r.score, evidence=r.evidence)
+                    for r in ranked.top_k(k)]
         mode = mode or self.first_stage
         if mode not in SEARCH_MODES:
             raise InputError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")
