@@ -7,6 +7,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from memory.ranking import highlight
 from memory.retrieval import DEFAULT_RERANK_K
 from store.errors import InputError, QrmemError
 
@@ -276,8 +278,10 @@ def search(
     before: Annotated[str | None, typer.Option(metavar="DATE", help="only sessions dated on or before YYYY-MM-DD")] = None,
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
-    --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker. --session,
-    --after and --before keep only those sessions (undated sessions are left out by a date bound)."""
+    --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker, and marks
+    in each hit the evidence its QR heads attended to most: bold on a terminal, [[like this]] in a
+    pipe (--json: character offsets). --session, --after and --before keep only those sessions
+    (undated sessions are left out by a date bound)."""
     mem = open_memory(db, embedder, create=False)  # a missing store is refused before a model loads
     if rerank:
         mem = open_memory(db, embedder, reranker=load_ranker(reranker, model, qr), create=False)
@@ -288,9 +292,18 @@ def search(
         return
     if not hits:
         typer.echo(f"no memory for user {user!r}")
+    marks = _evidence_marks()
     for h in hits:
         typer.echo(f"{h.rank:3d}. {h.score:.4f} [{h.session_id}, {h.session_date or 'no date'}] "
-                   f"{','.join(h.turn_ids)}  {h.text}")
+                   f"{','.join(h.turn_ids)}  {highlight(h.text, [e.span for e in h.evidence], *marks)}")
+
+
+def _evidence_marks() -> tuple[str, str]:
+    """How `search --rerank` marks evidence spans: bold on a terminal (unless NO_COLOR is set),
+    else [[ and ]] (pipes, files)."""
+    if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+        return "\x1b[1m", "\x1b[22m"
+    return "[[", "]]"
 
 
 @app.command()
