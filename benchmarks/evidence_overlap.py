@@ -1,7 +1,7 @@
 """How often QRRanker's top evidence span overlaps the answer, on LoCoMo (issue 16).
 
     python benchmarks/first_stage.py --db /tmp/ev.db          # build the store once (~1 min)
-    python benchmarks/evidence_overlap.py --db /tmp/ev.db [--limit N] [--out benchmarks/results/evidence_overlap.json]
+    python benchmarks/evidence_overlap.py --db /tmp/ev.db [--sample N] [--evidence-tokens 8] [--out FILE.json]
 
 Questions (categories 1-4) whose answer string appears, normalised and case-insensitively, as whole
 words in one of their gold evidence turns. Each is reranked as `qrmem search --rerank` does (hybrid
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -59,7 +60,9 @@ def main() -> None:
     ap.add_argument("--db", required=True, help="a store with the data ingested (benchmarks/first_stage.py --db)")
     ap.add_argument("--reranker", default="qr")
     ap.add_argument("--rerank-k", type=int, default=20)
-    ap.add_argument("--limit", type=int, default=None, help="only the first N eligible questions")
+    ap.add_argument("--sample", type=int, default=None, help="a seeded random sample of N eligible questions")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--evidence-tokens", type=int, default=None, help="evidence window in tokens [default: 8]")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
     args = ap.parse_args()
@@ -76,10 +79,12 @@ def main() -> None:
                     turns[(sample["sample_id"], t["dia_id"])] = t.get("text", "")
     eligible = [q for q in locomo_questions(data) if q.answer is not None
                 and any(answer_ranges(q.answer, turns.get((q.user_id, ev), "")) for ev in q.evidence)]
-    if args.limit is not None:
-        eligible = eligible[: args.limit]
+    if args.sample is not None and args.sample < len(eligible):
+        keep = set(random.Random(args.seed).sample(range(len(eligible)), args.sample))
+        eligible = [q for i, q in enumerate(eligible) if i in keep]
     print(f"{len(eligible)} questions whose answer appears in a gold turn")
-    mem = Memory(args.db, reranker=load_reranker(args.reranker), create=False)
+    options = {} if args.evidence_tokens is None else {"evidence_tokens": args.evidence_tokens}
+    mem = Memory(args.db, reranker=load_reranker(args.reranker, **options), create=False)
     rows = []
     t0 = time.perf_counter()
     for i, q in enumerate(eligible, start=1):
@@ -109,6 +114,7 @@ def main() -> None:
                 "span_share_of_text": mean("share")}
 
     out = {"questions": len(eligible), "rerank_k": args.rerank_k, "reranker": args.reranker,
+           "evidence_tokens": getattr(getattr(mem.reranker, "config", None), "evidence_tokens", None), "sample": args.sample, "seed": args.seed,
            "all": figures(rows), "unseen": figures([r for r in rows if r["conversation"] not in SEEN]),
            "seen": figures([r for r in rows if r["conversation"] in SEEN]),
            "seconds_per_question": round((time.perf_counter() - t0) / max(1, len(eligible)), 2)}

@@ -48,7 +48,7 @@ class QRConfig(BaseModel):
     mask_outliers: bool = False  # zero chunk tokens below mean - 2 std (per head) before summing
     outlier_std: float = 2.0
     max_tokens: int | None = None  # window size in tokens (default: the model's context length)
-    evidence_tokens: int = Field(4, ge=1)  # tokens per evidence window (widened to whole words)
+    evidence_tokens: int = Field(8, ge=1)  # tokens per evidence window (widened to whole words)
 
 
 @dataclass(frozen=True)
