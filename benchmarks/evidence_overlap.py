@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--evidence-tokens", type=int, default=None, help="evidence window in tokens [default: 8]")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
+    ap.add_argument("--rows", action="store_true", help="with --out: also each counted question, with its "
+                    "LoCoMo text (CC BY-NC: keep such a file out of the repository)")
     args = ap.parse_args()
     import torch
 
@@ -125,7 +127,8 @@ def main() -> None:
         print(f"{name:14s} {f['counted']:7d} {f['top_span_overlaps']!s:>9s} {f['any_span_overlaps']!s:>9s} "
               f"{f['random_span_same_length']!s:>7s} {f['span_at_start']!s:>8s} {f['span_share_of_text']!s:>8s}")
     if args.out:
-        out["rows"] = rows
+        if args.rows:
+            out["rows"] = rows
         write_private(args.out, json.dumps(out, indent=1, ensure_ascii=False), force=True, mode=0o644,
                       what="results")
 
