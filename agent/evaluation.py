@@ -2,7 +2,9 @@
 then answer every question from memory only, and score retrieval and answers.
 
 Writes `OUT/results.json` (per-question rows + summary; resumable: answered questions are skipped
-on a re-run), `OUT/report.md` and `OUT/chart.png`. Metrics come from `memory.metrics`; the LoCoMo
+on a re-run), `OUT/report.md` and `OUT/chart.png`. Each row keeps the reranked hits' evidence spans
+(character offsets into each hit's text) and the memories given to the generator; the report shows a
+few example questions with those memories, their evidence in bold, the gold answer and the prediction. Metrics come from `memory.metrics`; the LoCoMo
 data (questions, evidence) from `agent.locomo`. The library takes a data path; only the demo script
 chooses a default one.
 """
@@ -26,7 +28,9 @@ from memory import (
     Generator,
     Memory,
     Reranker,
+    SearchHit,
     Summarizer,
+    highlight,
 )
 from memory.metrics import locomo_f1, ndcg_at_k, recall_at_k
 from store import load_file
@@ -38,6 +42,7 @@ from .agent import DEFAULT_ABSTAIN_BELOW, NO_MEMORY, memory_block, should_abstai
 from .locomo import CATEGORIES, TINY, check_conversations, download, parse_evidence
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+EXAMPLES = 3  # example questions in the report
 QA_PROMPT = ("Use the memories to answer the question in a short phrase (a name, date or a few "
              "words). If the memories do not say, answer 'not mentioned'.\n\nMemories:\n{memories}"
              "\n\nQuestion: {question}\nShort answer:")
@@ -155,11 +160,48 @@ def answer_one(cfg: EvalConfig, memory: Memory, generator: Generator, user: str,
         "f1": locomo_f1(prediction, gold, category) if prediction is not None else None,
         "retrieved": [t for h in ranked for t in h.turn_ids],
         "retrieved_scores": [round(h.score, 5) for h in ranked],
+        # per reranked hit: the spans of its text the reranker attended to most (empty without QR)
+        "retrieved_evidence": [[_offsets(ev) for ev in h.evidence] for h in ranked],
+        "memories": [_memory(h) for h in top],  # what the generator was given
         "first_stage": [t for h in first for t in h.turn_ids],
         "relevance": None if relevance is None else round(relevance, 4), "abstained": abstained,
         "context_tokens": len(_TOKEN.findall(memories)),
         "seconds": {"first_stage": t1 - t0, "rerank": t2 - t1 if cfg.rerank else 0.0, "generate": t3 - t2},
     }
+
+
+def _offsets(ev: Any) -> dict[str, Any]:
+    return {"start": ev.start, "end": ev.end, "weight": round(ev.weight, 4)}
+
+
+def _memory(hit: SearchHit) -> dict[str, Any]:
+    return {"turn_ids": list(hit.turn_ids), "date": hit.session_date, "text": hit.text, "score": round(hit.score, 5),
+            "evidence": [_offsets(ev) for ev in hit.evidence]}
+
+
+def pick_examples(rows: list[dict[str, Any]], n: int = EXAMPLES) -> list[dict[str, Any]]:
+    """A few questions to show what memory did: scored ones whose given memories hold a gold
+    turn first (of different categories where possible), in run order; each with its memories,
+    marked `gold` where they hold an evidence turn."""
+    shown = [r for r in rows if r["category"] != 5 and r.get("memories")]
+
+    def recalled(r: dict[str, Any]) -> bool:
+        return any(set(m["turn_ids"]) & set(r["evidence"]) for m in r["memories"])
+
+    picked: list[dict[str, Any]] = []
+    for pass_ in range(3):  # recalled, new category; recalled; any
+        for r in shown:
+            if len(picked) == n:
+                break
+            if r in picked or (pass_ < 2 and not recalled(r)):
+                continue
+            if pass_ == 0 and r["category"] in {p["category"] for p in picked}:
+                continue
+            picked.append(r)
+    return [{"id": r["id"], "question": r["question"], "answer": r["answer"], "category": r["category"],
+             "prediction": r["prediction"], "f1": r["f1"],
+             "memories": [{**m, "gold": bool(set(m["turn_ids"]) & set(r["evidence"]))} for m in r["memories"]]}
+            for r in sorted(picked, key=rows.index)]
 
 
 def summarize(rows: list[dict[str, Any]], cfg: EvalConfig, *, ingest_seconds: float, wall: float) -> dict[str, Any]:
@@ -194,6 +236,7 @@ def summarize(rows: list[dict[str, Any]], cfg: EvalConfig, *, ingest_seconds: fl
                    "abstain_below": cfg.abstain_below,
                    "categories": cfg.categories, "answer": cfg.answer,
                    "data": str(cfg.data), "conversations": cfg.conversations, "limit": cfg.limit, **cfg.extra},
+        "examples": pick_examples(rows),
         "f1_definition": "LoCoMo token F1: normalised, articles/punctuation dropped, Porter-stemmed; "
                          "multi-hop averaged over comma-separated gold parts; open-domain gold before ';'; "
                          "adversarial = 1 for an abstention. Overall excludes category 5.",
@@ -216,7 +259,29 @@ def report(summary: dict[str, Any]) -> str:
     lines += [f"| seconds / question, {k} | {v} |" for k, v in summary["seconds_per_question"].items()]
     lines += [f"| ingest seconds | {summary['ingest_seconds']} |", f"| wall seconds | {summary['wall_seconds']} |",
               "", summary["f1_definition"], ""]
+    lines += examples_md(summary.get("examples") or [])
     return "\n".join(lines)
+
+
+def examples_md(examples: list[dict[str, Any]]) -> list[str]:
+    """Report lines: each example question, the memories given to the generator (the reranker's
+    evidence in **bold**, gold turns marked), the gold answer and the prediction."""
+    if not examples:
+        return []
+    intro = ("What memory recalled for a few questions: the memories given to the generator, best first, "
+             "with the reranker's evidence (the words its QR heads attended to most) in **bold**; "
+             "(gold) marks a turn the question's answer comes from.")
+    lines = ["## Examples", "", intro, ""]
+    for ex in examples:
+        lines += [f"**{ex['question']}** ({ex['id']}, {CATEGORIES.get(ex['category'], ex['category'])})", ""]
+        for i, m in enumerate(ex["memories"], start=1):
+            text = highlight(m["text"], [(e["start"], e["end"]) for e in m["evidence"]], "**", "**")
+            mark = " (gold)" if m["gold"] else ""
+            lines.append(f"{i}. [{m['date'] or 'undated'}] {','.join(m['turn_ids'])}{mark}: {text}")
+        pred = ex["prediction"] if ex["prediction"] is not None else "(not asked: retrieval only)"
+        f1 = f" (F1 {ex['f1']:.2f})" if ex["f1"] is not None else ""
+        lines += ["", f"gold answer: {ex['answer']}  ", f"prediction: {pred}{f1}", ""]
+    return lines
 
 
 def chart(summary: dict[str, Any], path: Path) -> None:

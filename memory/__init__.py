@@ -28,7 +28,7 @@ from .generators import (
 from .lexical import BM25Index
 from .memory import Memory
 from .qr import QRRanker  # light: torch is imported when a model loads
-from .ranking import RankedResult, RankedResults, Reranker
+from .ranking import Evidence, RankedResult, RankedResults, Reranker, highlight
 from .rerankers import RERANKERS, load_reranker
 from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, index_text
 from .summaries import Summarizer
@@ -43,6 +43,7 @@ __all__ = [
     "SEARCH_MODES",
     "BM25Index",
     "Embedder",
+    "Evidence",
     "GenerationError",
     "Generator",
     "HashingEmbedder",
@@ -65,6 +66,7 @@ __all__ = [
     "attribution",
     "dense_scores",
     "fuse_with_first_stage",
+    "highlight",
     "index_text",
     "load_embedder",
     "load_generator",

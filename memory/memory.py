@@ -342,10 +342,12 @@ class Memory:
         With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
         listwise by `self.reranker`; its scores are fused with the first-stage order
         (`fusion_weight`, see `memory.fusion.fuse_with_first_stage`; 0 keeps the reranker's order),
-        and the best `k` are returned with the fused scores. When the reranker's scores are attention
-        mass (QRRanker), the results carry `relevance` (`memory.attribution`). Memory context per
-        `rerank_context`: `date` (each chunk's session date), `summary` (each chunk's session
-        summary, else its date, plus the conversation summary) or `none`.
+        and the best `k` are returned with the fused scores and, from a reranker that gives them
+        (QRRanker), each hit's `evidence`: the spans of its text the reranker attended to most. When
+        the reranker's scores are attention mass (QRRanker), the results carry `relevance`
+        (`memory.attribution`). Memory context per `rerank_context`: `date` (each chunk's session
+        date), `summary` (each chunk's session summary, else its date, plus the conversation
+        summary) or `none`.
         """
         flt = SearchFilter.build(session_ids, after, before)
         if rerank:
@@ -357,15 +359,15 @@ class Memory:
                 return SearchResults()
             contexts, summary = self._rerank_context(user_id, first)
             texts = [h.text for h in first]
-            ranked = self.reranker.rank(query, texts, contexts=contexts, summary=summary)
-            raw = [0.0] * len(first)
+            ranked = self.reranker.rank(query, texts, contexts=contexts, summary=summary, evidence=True)
+            raw, evidence = [0.0] * len(first), [()] * len(first)
             for r in ranked:
-                raw[r.index] = r.score
+                raw[r.index], evidence[r.index] = r.score, r.evidence
             fused = fuse_with_first_stage(raw, self.fusion_weight).tolist()
             order = sorted(range(len(first)), key=lambda i: (-fused[i], i))[:k]
             relevance = attribution(query, texts, raw) if self.reranker.score_is_mass else None
-            return SearchResults((replace(first[i], rank=n, score=fused[i]) for n, i in enumerate(order, start=1)),
-                                 relevance=relevance)
+            return SearchResults((replace(first[i], rank=n, score=fused[i], evidence=evidence[i])
+                                  for n, i in enumerate(order, start=1)), relevance=relevance)
         mode = mode or self.first_stage
         if mode not in SEARCH_MODES:
             raise InputError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")

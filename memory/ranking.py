@@ -1,13 +1,34 @@
 """The reranker interface and its typed results: one required method, `score`; `rank` (sorted,
-typed results) is built on it. Imports no backend, so every reranker (memory/qr too) builds on it."""
+typed results) is built on it. Imports no backend, so every reranker (memory/qr too) builds on it.
+
+A reranker that can say which part of a candidate its score rests on (QRRanker: the characters its
+QR heads attended to most) fills `RankedResult.evidence` when `rank(..., evidence=True)` asks; the
+others leave it empty."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from store.errors import InputError
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A character span of a candidate's text that its score rests on: `text[start:end]`."""
+
+    start: int
+    end: int
+    text: str
+    weight: float  # share of the candidate's (positive) attention mass inside the span, 0..1
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.start, self.end
+
+    def as_dict(self) -> dict[str, int | float | str]:
+        return {"start": self.start, "end": self.end, "text": self.text, "weight": round(self.weight, 4)}
 
 
 @dataclass(frozen=True)
@@ -16,6 +37,7 @@ class RankedResult:
     score: float
     rank: int  # 1-based
     text: str
+    evidence: tuple[Evidence, ...] = ()  # heaviest first; empty unless the reranker gives evidence
 
 
 @dataclass(frozen=True)
@@ -52,18 +74,37 @@ class Reranker(ABC):
         summary) and `summary` (the conversation summary) are optional memory context."""
 
     def rank(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
-             summary: str | None = None) -> RankedResults:
-        """Docs sorted by score, best first (ties keep input order)."""
+             summary: str | None = None, evidence: bool = False) -> RankedResults:
+        """Docs sorted by score, best first (ties keep input order). With `evidence`, rerankers that
+        can (QRRanker) also give each result's evidence spans; this default gives none."""
         validate(query, docs, contexts)
         return ranked(query, docs, self.score(query, docs, contexts=contexts, summary=summary))
 
 
-def ranked(query: str, docs: Sequence[str], scores: Sequence[float]) -> RankedResults:
-    """Docs sorted by their scores, best first (ties keep input order)."""
+def ranked(query: str, docs: Sequence[str], scores: Sequence[float],
+           evidence: Sequence[tuple[Evidence, ...]] | None = None) -> RankedResults:
+    """Docs sorted by their scores, best first (ties keep input order), with each doc's evidence."""
     order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
     return RankedResults(query, tuple(
-        RankedResult(index=i, score=float(scores[i]), rank=r, text=docs[i])
+        RankedResult(index=i, score=float(scores[i]), rank=r, text=docs[i],
+                     evidence=evidence[i] if evidence is not None else ())
         for r, i in enumerate(order, start=1)))
+
+
+def highlight(text: str, spans: Iterable[tuple[int, int]], before: str = "[[", after: str = "]]") -> str:
+    """`text` with each character span [start, end) wrapped in `before`/`after` (e.g. the `span` of
+    each `Evidence`); spans outside the text are left out, overlapping ones merged."""
+    merged: list[list[int]] = []
+    for s, e in sorted((s, e) for s, e in spans if 0 <= s < e <= len(text)):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    out, at = [], 0
+    for s, e in merged:
+        out += [text[at:s], before, text[s:e], after]
+        at = e
+    return "".join(out) + text[at:]
 
 
 def validate(query: str, docs: Sequence[str], contexts: Sequence[str | None] | None) -> None:

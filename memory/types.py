@@ -8,6 +8,8 @@ from typing import Any
 
 from store.types import AddResult
 
+from .ranking import Evidence
+
 
 @dataclass(frozen=True)
 class SearchHit:
@@ -21,10 +23,12 @@ class SearchHit:
     session_date: str | None
     turn_ids: tuple[str, ...]  # external turn ids (e.g. LoCoMo dia_ids) the chunk covers
     chunk_id: int
+    evidence: tuple[Evidence, ...] = ()  # spans of `text` the reranker attended to (QRRanker only)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["turn_ids"] = list(self.turn_ids)
+        d["evidence"] = [ev.as_dict() for ev in self.evidence]
         return d
 
 

@@ -7,6 +7,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from memory.fusion import DEFAULT_FUSION_WEIGHT
+from memory.ranking import highlight
 from memory.retrieval import DEFAULT_RERANK_K
 from store.errors import InputError, QrmemError
 
@@ -306,10 +308,12 @@ def search(
     before: Annotated[str | None, typer.Option(metavar="DATE", help="only sessions dated on or before YYYY-MM-DD")] = None,
 ) -> None:
     """Search one user's memory; best hits first. --rerank reorders the first-stage top
-    --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker. --session,
-    --after and --before keep only those sessions (undated sessions are left out by a date bound).
-    Reranked scores are fused with the first-stage order (--fusion-weight); with QRRanker the
-    search's relevance is printed (the share of its attention on the asked person's own turns)."""
+    --rerank-k with QRRanker (the embedded SmolLM2 unless --model) or another --reranker, and marks
+    in each hit the evidence its QR heads attended to most: bold on a terminal, [[like this]] in a
+    pipe (--json: character offsets). Reranked scores are fused with the first-stage order
+    (--fusion-weight); with QRRanker the search's relevance is printed (the share of its attention
+    on the asked person's own turns). --session, --after and --before keep only those sessions
+    (undated sessions are left out by a date bound)."""
     mem = open_memory(db, embedder, create=False)  # a missing store is refused before a model loads
     if rerank:
         mem = open_memory(db, embedder, reranker=load_ranker(reranker, model, qr), create=False)
@@ -321,11 +325,20 @@ def search(
         return
     if not hits:
         typer.echo(f"no memory for user {user!r}")
+    marks = _evidence_marks()
     for h in hits:
         typer.echo(f"{h.rank:3d}. {h.score:.4f} [{h.session_id}, {h.session_date or 'no date'}] "
-                   f"{','.join(h.turn_ids)}  {h.text}")
+                   f"{','.join(h.turn_ids)}  {highlight(h.text, [e.span for e in h.evidence], *marks)}")
     if hits.relevance is not None:
         typer.echo(f"relevance {hits.relevance:.2f}: share of the reranker's attention on turns of the person asked about")
+
+
+def _evidence_marks() -> tuple[str, str]:
+    """How `search --rerank` marks evidence spans: bold on a terminal (unless NO_COLOR is set),
+    else [[ and ]] (pipes, files)."""
+    if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+        return "\x1b[1m", "\x1b[22m"
+    return "[[", "]]"
 
 
 @app.command()

@@ -546,5 +546,7 @@ def test_rerank_through_the_server_with_the_embedded_qrranker(tmp_path: Path, qr
         assert hits[0]["text"] == "ana: My kitten's name is Miso, a grey tabby."
         assert found["relevance"] == 1.0  # every candidate was said by ana, the person asked about
         assert [h["rank"] for h in hits] == [1, 2, 3]
+        for h in hits:  # the model process's evidence spans come back as offsets into the text
+            assert h["evidence"] and all(h["text"][e["start"]:e["end"]] == e["text"] for e in h["evidence"])
     finally:
         assert server.stop() == 0

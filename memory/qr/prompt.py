@@ -14,7 +14,7 @@ change the query tokens' attention in a causal model).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,10 +33,20 @@ class PromptLayout:
     input_ids: tuple[int, ...]
     chunk_spans: tuple[tuple[int, int], ...]  # [start, end) of each chunk's text tokens
     query_span: tuple[int, int]  # [start, end) of the query tokens; everything before is the prefix
+    # (T, 2) character [start, end) of each token in the prompt text, and where each chunk's text
+    # starts in it (both for evidence spans; empty for layouts built by hand)
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64), compare=False, repr=False)
+    chunk_chars: tuple[int, ...] = ()
 
     @property
     def prefix_len(self) -> int:
         return self.query_span[0]
+
+    def chunk_offsets(self, i: int, length: int) -> np.ndarray:
+        """(n_i, 2) character spans of chunk i's tokens within its own text of `length` characters,
+        clipped to it (a first token may start before the text, e.g. on the space before a word)."""
+        a, b = self.chunk_spans[i]
+        return np.clip(self.offsets[a:b] - self.chunk_chars[i], 0, length)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -83,4 +93,5 @@ def build_layout(tokenizer, opening: str, query: str, docs: Sequence[str],
     spans = tuple((int(a), int(b)) for a, b in found[:-1])
     q_span = (int(found[-1, 0]), len(offsets))
     assert all(e <= q_span[0] for _, e in spans), "chunks must end before the query starts"
-    return PromptLayout(tuple(enc["input_ids"]), spans, q_span)
+    return PromptLayout(tuple(enc["input_ids"]), spans, q_span, offsets,
+                        tuple(int(a) for a, _ in char_spans))

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from store.errors import InputError
 from store.redact import get_logger
 
-from ..ranking import RankedResults, Reranker, ranked, validate
+from ..ranking import Evidence, RankedResults, Reranker, ranked, validate
 from .checkpoints import apply_trained
 from .heads import (
     Head,
@@ -48,6 +48,7 @@ class QRConfig(BaseModel):
     mask_outliers: bool = False  # zero chunk tokens below mean - 2 std (per head) before summing
     outlier_std: float = 2.0
     max_tokens: int | None = None  # window size in tokens (default: the model's context length)
+    evidence_tokens: int = Field(8, ge=1)  # tokens per evidence window (widened to whole words)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class HeadScores:
     raw: np.ndarray  # attention mass of the query tokens on each chunk
     calibrated: np.ndarray  # raw minus null-query mass (== raw when calibration is off)
     windows: int = 1
+    evidence: tuple[tuple[Evidence, ...], ...] = ()  # per candidate, when asked for (`rank(evidence=True)`)
 
     def select(self, heads: Sequence[Head], calibrated: bool = True) -> np.ndarray:
         """(len(heads), N) rows for the given heads."""
@@ -195,9 +197,20 @@ class QRRanker(Reranker):
         hs = self.head_scores(query, docs, contexts=contexts, summary=summary, layers=self.layers)
         return hs.select(self.heads, calibrated=self.config.calibrate).sum(0).tolist()
 
+    def rank(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
+             summary: str | None = None, evidence: bool = False) -> RankedResults:
+        """Docs sorted by score, best first. With `evidence`, each result also carries the spans of
+        its text the QR heads attended to most (from the same forward pass; see `memory.qr.evidence`)."""
+        hs = self.head_scores(query, docs, contexts=contexts, summary=summary, layers=self.layers,
+                              evidence=evidence)
+        scores = hs.select(self.heads, calibrated=self.config.calibrate).sum(0).tolist()
+        return ranked(query, docs, scores, hs.evidence if evidence else None)
+
     def head_scores(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
-                    summary: str | None = None, layers: Sequence[int] | None = None) -> HeadScores:
-        """Per-head scores of every candidate for every head of `layers` (default: all present)."""
+                    summary: str | None = None, layers: Sequence[int] | None = None,
+                    evidence: bool = False) -> HeadScores:
+        """Per-head scores of every candidate for every head of `layers` (default: all present);
+        with `evidence`, each candidate's evidence spans from the ranker's own heads too."""
         import torch
 
         validate(query, docs, contexts)
@@ -205,17 +218,23 @@ class QRRanker(Reranker):
         windows = self._windows(query, docs, contexts, summary)
         raw = np.zeros((len(layers), self.n_heads, len(docs)), dtype=np.float32)
         cal = np.zeros_like(raw)
+        spans: list[tuple[Evidence, ...]] = [()] * len(docs)
         with torch.inference_mode():
             for idx, layout in windows:
                 sub_ctx = [contexts[i] for i in idx] if contexts is not None else None
-                r, c = self._score_window(layout, [docs[i] for i in idx], sub_ctx, summary, layers)
+                sub_docs = [docs[i] for i in idx]
+                raw_tok, cal_tok = self._window_attention(layout, sub_docs, sub_ctx, summary, layers)
+                r, c = self._chunk_scores(layout, len(idx), raw_tok, cal_tok)
                 if len(windows) > 1:
                     from .scoring import normalise_per_window
 
                     r, c = normalise_per_window(r, r), normalise_per_window(c, r)
                 raw[:, :, idx] = r.cpu().numpy()
                 cal[:, :, idx] = c.cpu().numpy()
-        return HeadScores(layers, raw, cal, len(windows))
+                if evidence:
+                    for i, ev in zip(idx, self._evidence(layout, sub_docs, raw_tok, cal_tok, layers), strict=True):
+                        spans[i] = ev
+        return HeadScores(layers, raw, cal, len(windows), tuple(spans) if evidence else ())
 
     def score_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
                    contexts: Sequence[Sequence[str | None] | None] | None = None,
@@ -230,17 +249,21 @@ class QRRanker(Reranker):
 
     def rank_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]],
                   contexts: Sequence[Sequence[str | None] | None] | None = None, *,
-                  summaries: Sequence[str | None] | None = None, batch_size: int = 16) -> list[RankedResults]:
+                  summaries: Sequence[str | None] | None = None, batch_size: int = 16,
+                  evidence: bool = False) -> list[RankedResults]:
         """`rank` for several queries at once: one `RankedResults` per query, in order; the prompts
-        run `batch_size` at a time in one padded forward pass (see `score_many`)."""
-        scores = self.score_many(queries, candidate_lists, contexts=contexts, summaries=summaries,
-                                 batch_size=batch_size)
-        return [ranked(q, docs, s) for q, docs, s in zip(queries, candidate_lists, scores, strict=True)]
+        run `batch_size` at a time in one padded forward pass (see `score_many`). `evidence` as in
+        `rank` (equal to its spans, up to ties of float rounding)."""
+        hs = self.head_scores_many(queries, candidate_lists, contexts=contexts, summaries=summaries,
+                                   layers=self.layers, batch_size=batch_size, evidence=evidence)
+        return [ranked(q, docs, h.select(self.heads, calibrated=self.config.calibrate).sum(0).tolist(),
+                       h.evidence if evidence else None)
+                for q, docs, h in zip(queries, candidate_lists, hs, strict=True)]
 
     def head_scores_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
                          contexts: Sequence[Sequence[str | None] | None] | None = None,
                          summaries: Sequence[str | None] | None = None, layers: Sequence[int] | None = None,
-                         batch_size: int = 16) -> list[HeadScores]:
+                         batch_size: int = 16, evidence: bool = False) -> list[HeadScores]:
         """`head_scores` for several queries; every window of every query is one prompt, and the
         prompts run `batch_size` at a time."""
         import torch
@@ -270,6 +293,7 @@ class QRRanker(Reranker):
                 jobs.append((j, idx, layout, [docs[i] for i in idx], sub_ctx))
         raw = [np.zeros((len(layers), self.n_heads, len(d)), dtype=np.float32) for d in candidate_lists]
         cal = [np.zeros_like(r) for r in raw]
+        spans: list[list[tuple[Evidence, ...]]] = [[()] * len(d) for d in candidate_lists]
         n_windows = [0] * n
         for j, *_ in jobs:
             n_windows[j] += 1
@@ -289,7 +313,11 @@ class QRRanker(Reranker):
                         r, c = normalise_per_window(r, r), normalise_per_window(c, r)
                     raw[j][:, :, idx] = r.cpu().numpy()
                     cal[j][:, :, idx] = c.cpu().numpy()
-        return [HeadScores(layers, r, c, w) for r, c, w in zip(raw, cal, n_windows, strict=True)]
+                    if evidence:
+                        for i, ev in zip(idx, self._evidence(layout, docs, tok, cal_tok, layers), strict=True):
+                            spans[j][i] = ev
+        return [HeadScores(layers, r, c, w, tuple(ev) if evidence else ())
+                for r, c, w, ev in zip(raw, cal, n_windows, spans, strict=True)]
 
     def layout(self, query: str, docs: Sequence[str], contexts: Sequence[str | None] | None = None,
                summary: str | None = None) -> PromptLayout:
@@ -333,15 +361,16 @@ class QRRanker(Reranker):
             self._null_tokens[null] = len(self.tokenizer(null, add_special_tokens=False)["input_ids"])
         return max(0, self._null_tokens[null] - len(self.tokenizer(query, add_special_tokens=False)["input_ids"]))
 
-    def _score_window(self, layout: PromptLayout, docs: Sequence[str], contexts: Sequence[str | None] | None,
-                      summary: str | None, layers: tuple[int, ...]):
-        """(raw, calibrated) tensors of shape (L, H, N) for one prompt.
+    def _window_attention(self, layout: PromptLayout, docs: Sequence[str], contexts: Sequence[str | None] | None,
+                          summary: str | None, layers: tuple[int, ...]) -> tuple[Any, Any]:
+        """(raw, calibrated) per-token attention of the query on the prefix, (L, H, P) each, for one
+        prompt (calibrated is raw itself when calibration is off).
 
         Without calibration: one pass over the whole prompt, no KV cache. With it: the prefix runs
         once into a cache that the query and then the null query run on top of."""
         if not self.config.calibrate:
             (raw_tok,) = self._batch_attention([layout], layers)
-            return self._chunk_scores(layout, len(docs), raw_tok, raw_tok)
+            return raw_tok, raw_tok
         device = self._device()
         prefix = layout.prefix_len
         raw_tok, cache = self._query_attention(layout, layers, device)  # (L, H, P)
@@ -350,7 +379,7 @@ class QRRanker(Reranker):
             null_tok, _ = self._query_attention(null, layers, device, cache=cache)
         else:  # the tokenizer merged across the boundary: run the null prompt in full
             null_tok, _ = self._query_attention(null, layers, device)
-        return self._chunk_scores(layout, len(docs), raw_tok, raw_tok - null_tok)
+        return raw_tok, raw_tok - null_tok
 
     def _chunk_scores(self, layout: PromptLayout, n: int, raw_tok: Any, cal_tok: Any) -> tuple[Any, Any]:
         """(L, H, P) per-token attention of the query on the prefix -> (raw, calibrated) (L, H, N)."""
@@ -361,6 +390,22 @@ class QRRanker(Reranker):
             cal_tok = mask_outlier_tokens(cal_tok, index < n, self.config.outlier_std)
         raw = chunk_mass(raw_tok, index, n)
         return raw, raw if cal_tok is raw_tok else chunk_mass(cal_tok, index, n)
+
+    def _evidence(self, layout: PromptLayout, docs: Sequence[str], raw_tok: Any, cal_tok: Any,
+                  layers: tuple[int, ...]) -> list[tuple[Evidence, ...]]:
+        """Each doc's evidence spans from the (L, H, P) token attention of one prompt: the ranker's
+        heads summed, on the tokens its scores are summed from (calibrated and masked as configured)."""
+        from .evidence import chunk_evidence
+        from .scoring import aggregate, mask_outlier_tokens, span_index
+
+        if not set(self.layers) <= set(layers):
+            raise InputError(f"evidence needs the ranker's layers {self.layers}, got {layers}")
+        tok = cal_tok if self.config.calibrate else raw_tok
+        if self.config.calibrate and self.config.mask_outliers:
+            index = span_index(layout.chunk_spans, layout.prefix_len, tok.device)
+            tok = mask_outlier_tokens(tok, index < len(docs), self.config.outlier_std)
+        mass = aggregate(tok, layers, [(h.layer, h.head) for h in self.heads])  # (P,)
+        return chunk_evidence(layout, docs, mass, self.config.evidence_tokens)
 
     def _device(self) -> Any:
         return next(self.model.parameters()).device

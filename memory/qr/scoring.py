@@ -1,5 +1,6 @@
 """Pure tensor functions of QR scoring: query-row attention -> per-token mass -> per-chunk, per-head
-scores -> calibration, outlier masking, head aggregation. No model code here."""
+scores -> calibration, outlier masking, head aggregation; and the heaviest token windows of each
+chunk (evidence spans). No model code here."""
 
 from __future__ import annotations
 
@@ -76,6 +77,32 @@ def normalise_per_window(scores: torch.Tensor, raw: torch.Tensor) -> torch.Tenso
 def aggregate(per_head: torch.Tensor, layers: Sequence[int], heads: Sequence[tuple[int, int]]) -> torch.Tensor:
     """Sum the selected (layer, head) rows: per_head (L, H, N) with rows in `layers` order -> (N,)."""
     row = {layer: i for i, layer in enumerate(layers)}
-    li = torch.tensor([row[l] for l, _ in heads], dtype=torch.long)
-    hi = torch.tensor([h for _, h in heads], dtype=torch.long)
+    li = torch.tensor([row[l] for l, _ in heads], dtype=torch.long, device=per_head.device)
+    hi = torch.tensor([h for _, h in heads], dtype=torch.long, device=per_head.device)
     return per_head[li, hi].sum(0)
+
+
+def best_windows(mass: torch.Tensor, spans: torch.Tensor, width: int,
+                 n_windows: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The heaviest windows of `width` consecutive tokens inside each chunk, disjoint, heaviest first.
+
+    mass: (P,) per-token mass (non-negative); spans: (N, 2) long [start, end) token span of each chunk
+    returns starts (N, K) long, widths (N,) long (min(width, chunk length)) and sums (N, K): each
+    window's mass, -inf where a chunk has no K-th window disjoint from the earlier ones
+    """
+    assert mass.dim() == 1 and spans.dim() == 2 and spans.shape[1] == 2 and width >= 1, (mass.shape, spans.shape)
+    P = mass.shape[0]
+    start, end = spans[:, :1], spans[:, 1:]  # (N, 1)
+    assert bool(((start >= 0) & (start < end) & (end <= P)).all()), spans
+    w = (end - start).clamp_max(width)  # (N, 1)
+    csum = torch.cat([mass.new_zeros(1), mass.cumsum(0)])  # (P + 1,): csum[t] = mass[:t].sum()
+    t = torch.arange(P, device=mass.device)[None, :]  # (1, P): candidate window starts
+    sums = csum[(t + w).clamp_max(P)] - csum[t]  # (N, P)
+    sums = sums.masked_fill((t < start) | (t + w > end), float("-inf"))  # windows inside the chunk only
+    starts, best = [], []
+    for _ in range(n_windows):
+        v, i = sums.max(-1)  # (N,)
+        starts.append(i)
+        best.append(v)
+        sums = sums.masked_fill((t - i[:, None]).abs() < w, float("-inf"))  # overlaps window i
+    return torch.stack(starts, 1), w[:, 0], torch.stack(best, 1)

@@ -6,7 +6,8 @@ takes 1.3 s alone took 12 s beside four busy threads here. In a child process it
 of its own. The child loads each model once, runs one job at a time (the model lane feeds it), and
 ignores SIGINT/SIGTERM: the server finishes its requests, then closes it.
 
-Only plain data crosses the process boundary (query and candidate texts, scores, chat messages).
+Only plain data crosses the process boundary (query and candidate texts, scores and evidence
+spans, chat messages).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 from memory import Generator, ModelLoadError, Reranker, load_generator, load_reranker
 from memory.generators import GenerationOptions, Message
+from memory.ranking import RankedResults
 
 T = TypeVar("T")
 _loaded: dict[str, Any] = {}  # in the child: "reranker", "generator"
@@ -42,6 +44,11 @@ def _start(reranker: str | None, generator: tuple[str, str | None, str | None] |
 
 def _score(query: str, docs: list[str], contexts: list[str | None] | None, summary: str | None) -> list[float]:
     return [float(s) for s in _loaded["reranker"].score(query, docs, contexts=contexts, summary=summary)]
+
+
+def _rank(query: str, docs: list[str], contexts: list[str | None] | None, summary: str | None,
+          evidence: bool) -> RankedResults:
+    return _loaded["reranker"].rank(query, docs, contexts=contexts, summary=summary, evidence=evidence)
 
 
 def _generate(messages: list[dict[str, str]], options: dict[str, Any]) -> str:
@@ -76,6 +83,12 @@ class ProcessReranker(Reranker):
     def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
               summary: str | None = None) -> list[float]:
         return self.process.call(_score, query, list(docs), None if contexts is None else list(contexts), summary)
+
+    def rank(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
+             summary: str | None = None, evidence: bool = False) -> RankedResults:
+        """The child's reranker's `rank`, so that its evidence spans come back too."""
+        return self.process.call(_rank, query, list(docs), None if contexts is None else list(contexts),
+                                 summary, evidence)
 
 
 class ProcessGenerator(Generator):

@@ -64,6 +64,15 @@ class AddOut(Out):
     chunks: int
 
 
+class EvidenceOut(Out):
+    """A span of the hit's text the reranker attended to most: `text[start:end]` (characters)."""
+
+    start: int
+    end: int
+    text: str
+    weight: float = Field(description="share of the hit's attention mass inside the span, 0..1")
+
+
 class HitOut(Out):
     rank: int
     score: float
@@ -73,6 +82,8 @@ class HitOut(Out):
     session_date: str | None
     turn_ids: list[str]
     chunk_id: int
+    evidence: list[EvidenceOut] = Field(default_factory=list, description=(
+        "with rerank (QRRanker): spans of text the reranker attended to most, heaviest first"))
 
 
 class SearchOut(Out):
