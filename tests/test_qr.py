@@ -231,3 +231,18 @@ def test_auto_dtype_on_a_cpu_is_bf16_only_where_the_cpu_multiplies_bf16_natively
     docs = ["Ana adopted a kitten called Miso.", "Ben repainted the fence.", "The weather was rainy."]
     np.testing.assert_allclose(auto.score("kitten name?", docs), fp32.score("kitten name?", docs),
                                rtol=0.05, atol=0.02)
+
+
+def test_calibration_when_the_query_tokenises_across_the_prefix_boundary(tiny_lm) -> None:
+    """A query whose leading space merges into its first token makes the null prompt's prefix a
+    token shorter or longer than the real one; the chunks still line up, and scores still come."""
+    ranker = QRRanker.load(str(tiny_lm("llama")), heads="2-1,3-0,1-2", dtype="float32", calibrate=True)
+    docs = ["Zoë's café in Zürich serves tea.", "Ben ran the Lisbon marathon.", "A kitten named Miso."]
+    query = "Zürich café?"
+    real = ranker.layout(query, docs)
+    null = ranker.layout(ranker.config.null_query, docs)
+    assert real.chunk_spans == null.chunk_spans
+    one = ranker.score(query, docs)
+    many = ranker.score_many([query, "kitten?"], [docs, docs])
+    assert len(one) == 3 and all(np.isfinite(one))
+    np.testing.assert_allclose(many[0], one, atol=1e-5)

@@ -304,7 +304,8 @@ class QRRanker(Reranker):
                 if self.config.calibrate:
                     nulls = [self.layout(self.config.null_query, job[3], job[4], sums[job[0]]) for job in part]
                     null_toks = self._batch_attention(nulls, layers)
-                    cal_toks = [t - nt for t, nt in zip(toks, null_toks, strict=True)]
+                    cal_toks = [t - _aligned(nt, nl, job[2])
+                                for t, nt, nl, job in zip(toks, null_toks, nulls, part, strict=True)]
                 else:
                     cal_toks = toks
                 for (j, idx, layout, docs, _), tok, cal_tok in zip(part, toks, cal_toks, strict=True):
@@ -379,7 +380,7 @@ class QRRanker(Reranker):
             null_tok, _ = self._query_attention(null, layers, device, cache=cache)
         else:  # the tokenizer merged across the boundary: run the null prompt in full
             null_tok, _ = self._query_attention(null, layers, device)
-        return raw_tok, raw_tok - null_tok
+        return raw_tok, raw_tok - _aligned(null_tok, null, layout)
 
     def _chunk_scores(self, layout: PromptLayout, n: int, raw_tok: Any, cal_tok: Any) -> tuple[Any, Any]:
         """(L, H, P) per-token attention of the query on the prefix -> (raw, calibrated) (L, H, N)."""
@@ -450,6 +451,27 @@ class QRRanker(Reranker):
         with capturing(frozenset(layers), q_rows) as cap:
             self.model(input_ids=ids[:, prefix:], past_key_values=cache, use_cache=True)
         return torch.stack([cap.out[layer][:, :prefix] for layer in layers]), cache
+
+
+def _aligned(null_tok: Any, null: PromptLayout, layout: PromptLayout) -> Any:
+    """The null prompt's (L, H, Pn) token attention on the real prompt's P prefix positions.
+
+    Both prompts hold the same text up to the query, so every chunk token sits at the same position;
+    only the last prefix token(s) before the query can differ, where the tokenizer merged a space
+    into the query's first word. Those lie outside every chunk: cut or zero-fill them."""
+    assert null.chunk_spans == layout.chunk_spans, "the null prompt's chunks must tokenise as the real ones"
+    p, pn = layout.prefix_len, null.prefix_len
+    if pn == p:
+        return null_tok
+    if pn > p:
+        return null_tok[..., :p]
+    return null_tok.new_zeros((*null_tok.shape[:-1], p)).index_copy_(-1, _arange(pn, null_tok), null_tok)
+
+
+def _arange(n: int, like: Any) -> Any:
+    import torch
+
+    return torch.arange(n, device=like.device)
 
 
 def _device_is_cpu(device: str | None) -> bool:
