@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--eval-questions", type=int, default=160, help="the first N of the 160 held-out questions")
     ap.add_argument("--top", type=int, default=8, help="heads per budget")
+    ap.add_argument("--no-budgets", action="store_true", help="skip the layer budgets (two all-layer passes)")
     args = ap.parse_args()
 
     import torch
@@ -99,6 +100,9 @@ def main() -> None:
     collect("shipped", QRRanker.load(dtype="float32"), eval_c, score)
     collect("int8", QRRanker.load(quantize="int8"), eval_c, score)
     collect("bf16", QRRanker.load(dtype="bfloat16"), eval_c, score)
+    if args.no_budgets:
+        report(args, store, eval_c, None)
+        return
     full = QRRanker.load(all_layers=True, max_layer=max(BUDGETS), dtype="float32")  # untrained: calibrated on the seed, raw held out
     collect("seed", full, seed_c, lambda r, c: r.head_scores(c.question.question, list(c.texts),
                                                              contexts=list(c.dates)).calibrated)
@@ -106,10 +110,15 @@ def main() -> None:
     collect("eval", full, eval_c, lambda r, c: r.head_scores(c.question.question, list(c.texts),
                                                              contexts=list(c.dates)).raw)
 
+    report(args, store, eval_c, seed_c)
+
+
+def report(args, store, eval_c, seed_c) -> None:
+    """Print (and write) the figures; the layer budgets only when `seed_c` was scored."""
     def arr(name, n):
         return [store[f"{name}/{i}"] for i in range(n)]
 
-    out: dict = {"questions": len(eval_c), "seed_questions": len(seed_c), "threads": args.threads}
+    out: dict = {"questions": len(eval_c), "seed_questions": len(seed_c or ()), "threads": args.threads}
     first = evaluate([[-i for i in range(len(c.texts))] for c in eval_c], eval_c)
     shipped, int8 = arr("shipped", len(eval_c)), arr("int8", len(eval_c))
     out["hybrid"] = first
@@ -125,17 +134,18 @@ def main() -> None:
     out["bf16_kendall_tau"] = {"median": round(float(np.median(taus)), 4), "mean": round(float(np.mean(taus)), 4),
                                "top1_agree": round(float(np.mean([np.argmax(a) == np.argmax(b)
                                                                   for a, b in zip(shipped, bf16)])), 4)}
-    seed, held = arr("seed", len(seed_c)), arr("eval", len(eval_c))
-    gold = [c.gold_mask() for c in seed_c]
-    quality = head_quality(seed, gold, "qr")  # (max(BUDGETS) + 1, H)
-    budgets = {}
-    for n in BUDGETS:
-        heads = top_heads(quality[: n + 1], args.top)
-        scores = [sum(p[h.layer, h.head] for h in heads) for p in held]
-        r5, nd = evaluate(scores, eval_c)
-        budgets[n] = {"layers_run": max(h.layer for h in heads) + 1, "recall@5": r5, "ndcg@10": nd,
-                      "heads": [str(h) for h in heads]}
-    out["budgets_untrained_top8"] = budgets
+    if seed_c is not None:
+        seed, held = arr("seed", len(seed_c)), arr("eval", len(eval_c))
+        gold = [c.gold_mask() for c in seed_c]
+        quality = head_quality(seed, gold, "qr")  # (max(BUDGETS) + 1, H)
+        budgets = {}
+        for n in BUDGETS:
+            heads = top_heads(quality[: n + 1], args.top)
+            scores = [sum(p[h.layer, h.head] for h in heads) for p in held]
+            r5, nd = evaluate(scores, eval_c)
+            budgets[n] = {"layers_run": max(h.layer for h in heads) + 1, "recall@5": r5, "ndcg@10": nd,
+                          "heads": [str(h) for h in heads]}
+        out["budgets_untrained_top8"] = budgets
     print(json.dumps(out, indent=1))
     if args.out:
         write_private(Path(args.out), json.dumps(out, indent=1) + "\n", force=True, mode=0o644)

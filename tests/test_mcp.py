@@ -76,6 +76,8 @@ async def exercise(session: ClientSession, user: str) -> list[str]:
     hits = data(await call("search_memories", {"query": "what is my cat called", "limit": 2}))["hits"]
     assert hits[0]["text"] == f"{user}: My kitten is called Miso." and hits[0]["session_id"] == sid
     assert hits[0]["session_date"] == "8 May 2024" and len(hits) == 2
+    assert hits[0]["evidence"] == []  # evidence and relevance come with rerank only
+    assert data(await call("search_memories", {"query": "what is my cat called"}))["relevance"] is None
     june = data(await call("search_memories", {"query": "kitten", "after": "2024-05-09"}))["hits"]
     assert {h["session_id"] for h in june} == {other["session_id"]}
     assert "YYYY-MM-DD" in error_text(await call("search_memories", {"query": "kitten", "after": "last week"}))

@@ -62,6 +62,8 @@ class MemoryHit(BaseModel):
     session_id: str
     session_date: str | None
     turn_ids: list[str]
+    evidence: list[str] = Field(default_factory=list, description=(
+        "with rerank: the words of this memory the reranker attended to most, heaviest first"))
 
 
 class Found(BaseModel):
@@ -160,7 +162,8 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
         hits = await call(ctx, service.search, query, k=limit, mode=None, rerank=rerank, rerank_k=None,
                           session_ids=session_ids, after=after, before=before, model=rerank)
         return Found(hits=[MemoryHit(rank=h.rank, score=h.score, text=h.text, session_id=h.session_id,
-                                     session_date=h.session_date, turn_ids=list(h.turn_ids)) for h in hits],
+                                     session_date=h.session_date, turn_ids=list(h.turn_ids),
+                                     evidence=[e.text for e in h.evidence]) for h in hits],
                      relevance=hits.relevance)
 
     @tool(title="List memories", read_only_hint=True)
