@@ -807,6 +807,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="threads for database and embedding work in this process")] = 4,
     queue: Annotated[int, typer.Option(help="requests that may wait for a thread; more get 429")] = 64,
     model_queue: Annotated[int, typer.Option(help="rerank/chat requests that may wait for the model; more get 429")] = 8,
+    rerank_batch: Annotated[int, typer.Option(help="concurrent reranks run together in one rank_many pass")] = 8,
+    rerank_wait_ms: Annotated[float, typer.Option(help="how long the first of them waits for others to join")] = 5.0,
     timeout: Annotated[float, typer.Option(help="seconds a request may take, waiting included (then 503)")] = 30.0,
     max_body: Annotated[int, typer.Option(help="largest request body in bytes (larger: 413)")] = 1_048_576,
     embedder: EmbedderOpt = None,
@@ -826,6 +828,7 @@ def serve(
     from qrmem.server.run import serve as run_server
 
     cfg = ServeConfig.of(db=db, host=host, port=port, workers=workers, queue=queue, model_queue=model_queue,
+                         rerank_batch=rerank_batch, rerank_wait_ms=rerank_wait_ms,
                          timeout=timeout, max_body=max_body, embedder=embedder, reranker=reranker,
                          generator=generator, base_url=base_url, api_key_env=api_key_env, no_auth=no_auth,
                          log_level=log_level)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from agent import NO_MEMORY, MemoryAgent, should_abstain
-from memory import HashingEmbedder, Memory, Reranker, SearchResults, attribution, fuse_with_first_stage
+from memory import (
+    HashingEmbedder,
+    Memory,
+    Reranker,
+    SearchResults,
+    attribution,
+    fuse_with_first_stage,
+)
 from memory.attribution import asked_speaker, speaker_of
 from memory.generators import Generator
 from store import InputError
@@ -138,3 +145,40 @@ def test_cli_prints_relevance_and_takes_fusion_and_abstention_options(tmp_path, 
     assert [h["chunk_id"] for h in _json.loads(fused.stdout)] == [h["chunk_id"] for h in _json.loads(first.stdout)]
     bad = runner.invoke(app, ["eval", "locomo", "--abstain-below", "2", "--out", str(tmp_path / "e")])
     assert bad.exit_code == 2 and "abstain-below" in bad.output
+
+
+def test_the_servers_reranker_runs_concurrent_searches_in_one_pass(tiny_lm, tmp_path) -> None:
+    """Concurrent `rank` calls share one `rank_many` pass in the model process, and each caller
+    gets the ranking of its own query and candidates, as a direct `rank` gives it."""
+    import json as _json
+    import shutil
+    import threading
+
+    from memory import QRRanker
+    from qrmem.server.model_process import BatchingReranker, ModelProcess
+
+    model = tmp_path / "tiny"
+    shutil.copytree(tiny_lm("llama"), model)
+    (model / "qrmem_heads.json").write_text(_json.dumps({"heads": ["2-1", "3-0"], "scoring": {"calibrate": False}}))
+    words = ["kitten", "marathon", "fence", "violin", "passport", "volcano", "river", "pasta"]
+    jobs = [(f"about {w}?", [f"This is about {v}." for v in words[: i + 2]]) for i, w in enumerate(words[:6])]
+    process = ModelProcess(f"qr:{model}", None)
+    try:
+        batcher = BatchingReranker(process, f"qr:{model}", max_batch=4, max_wait=0.3)
+        got: dict[int, object] = {}
+        threads = [threading.Thread(target=lambda i=i, q=q, d=d: got.__setitem__(i, batcher.rank(q, d, evidence=True)))
+                   for i, (q, d) in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        process.close()
+    assert sum(batcher.batches) == len(jobs) and max(batcher.batches) > 1 and max(batcher.batches) <= 4
+    direct = QRRanker.load(str(model))  # the same dtype choice as the model process
+    for i, (q, d) in enumerate(jobs):
+        ranked = got[i]
+        assert sorted(r.text for r in ranked) == sorted(d)  # its own candidates, not another query's
+        want = {r.index: r.score for r in direct.rank(q, d)}
+        assert all(abs(r.score - want[r.index]) < 0.05 for r in ranked)
+        assert all(e.text for r in ranked for e in r.evidence)

@@ -32,6 +32,8 @@ class ServeConfig(BaseModel):
     workers: int = Field(4, ge=1, le=256)  # threads for database and embedding work
     queue: int = Field(64, ge=0, le=100_000)  # requests that may wait for one of them
     model_queue: int = Field(8, ge=0, le=100_000)  # rerank / chat requests waiting for the model thread
+    rerank_batch: int = Field(8, ge=1, le=64)  # concurrent reranks run together in one rank_many pass
+    rerank_wait_ms: float = Field(5.0, ge=0, le=1000)  # how long the first of them waits for others
     timeout: float = Field(30.0, gt=0, le=3600)  # seconds per request, waiting included
     max_body: int = Field(1_048_576, ge=1024, le=1 << 30)  # bytes
     embedder: str | None = None

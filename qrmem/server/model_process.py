@@ -16,6 +16,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -49,6 +51,16 @@ def _score(query: str, docs: list[str], contexts: list[str | None] | None, summa
 def _rank(query: str, docs: list[str], contexts: list[str | None] | None, summary: str | None,
           evidence: bool) -> RankedResults:
     return _loaded["reranker"].rank(query, docs, contexts=contexts, summary=summary, evidence=evidence)
+
+
+def _rank_many(jobs: list[tuple[str, list[str], list[str | None] | None, str | None, bool]]) -> list[RankedResults]:
+    """Several `rank` jobs in one call: one padded `rank_many` pass where the reranker has it
+    (QRRanker) and the jobs agree on `evidence`, else one `rank` each."""
+    ranker = _loaded["reranker"]
+    if len(jobs) > 1 and hasattr(ranker, "rank_many") and len({j[4] for j in jobs}) == 1:
+        return ranker.rank_many([j[0] for j in jobs], [j[1] for j in jobs], [j[2] for j in jobs],
+                                summaries=[j[3] for j in jobs], batch_size=len(jobs), evidence=jobs[0][4])
+    return [ranker.rank(q, d, contexts=c, summary=s, evidence=e) for q, d, c, s, e in jobs]
 
 
 def _generate(messages: list[dict[str, str]], options: dict[str, Any]) -> str:
@@ -89,6 +101,62 @@ class ProcessReranker(Reranker):
         """The child's reranker's `rank`, so that its evidence spans come back too."""
         return self.process.call(_rank, query, list(docs), None if contexts is None else list(contexts),
                                  summary, evidence)
+
+
+class _Job:
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args, self.done = args, False
+        self.result: RankedResults | None = None
+        self.error: BaseException | None = None
+
+
+class BatchingReranker(ProcessReranker):
+    """A `ProcessReranker` whose concurrent `rank` calls share a pass: up to `max_batch` waiting
+    queries go to the model process together and run as one `rank_many` (one right-padded forward
+    pass on the GPU or CPU). No thread waits for a batch to fill: the first caller leads, lets
+    `max_wait` seconds pass for others to join, takes everything waiting (up to `max_batch`), and
+    hands the lead on when its pass returns; the results are those of `rank` for each query."""
+
+    def __init__(self, process: ModelProcess, name: str, *, max_batch: int = 8, max_wait: float = 0.005) -> None:
+        super().__init__(process, name)
+        if max_batch < 1 or max_wait < 0:
+            raise ValueError(f"need max_batch >= 1 and max_wait >= 0, got {max_batch}, {max_wait}")
+        self.max_batch, self.max_wait = max_batch, max_wait
+        self._cond = threading.Condition()
+        self._pending: list[_Job] = []
+        self._busy = False
+        self.batches: list[int] = []  # the size of each pass run (for tests and logs)
+
+    def rank(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
+             summary: str | None = None, evidence: bool = False) -> RankedResults:
+        job = _Job((query, list(docs), None if contexts is None else list(contexts), summary, evidence))
+        with self._cond:
+            self._pending.append(job)
+        while True:
+            with self._cond:
+                while not job.done and self._busy:
+                    self._cond.wait()
+                if job.done:
+                    if job.error is not None:
+                        raise job.error
+                    assert job.result is not None
+                    return job.result
+                self._busy = True  # this thread runs the next pass
+            if self.max_wait:
+                time.sleep(self.max_wait)
+            with self._cond:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: len(batch)]
+            try:
+                results, error = self.process.call(_rank_many, [j.args for j in batch]), None
+            except BaseException as exc:  # every caller of the pass gets the error, as from its own call
+                results, error = [None] * len(batch), exc
+            with self._cond:
+                for j, r in zip(batch, results, strict=True):
+                    j.result, j.error, j.done = r, error, True
+                self.batches.append(len(batch))
+                self._busy = False
+                self._cond.notify_all()
 
 
 class ProcessGenerator(Generator):

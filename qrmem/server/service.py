@@ -31,7 +31,7 @@ from store import (
 from .config import ServeConfig
 from .errors import NotConfiguredError, NotReadyError
 from .lanes import Lane
-from .model_process import ModelProcess, ProcessGenerator, ProcessReranker
+from .model_process import BatchingReranker, ModelProcess, ProcessGenerator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,11 +61,13 @@ class MemoryService:
         if memory is None and (cfg.has_reranker or cfg.generator):
             self.models = ModelProcess(cfg.reranker if cfg.has_reranker else None,
                                        (cfg.generator, cfg.base_url, cfg.api_key_env) if cfg.generator else None)
-        self.memory = memory or Memory(cfg.db, embedder=cfg.embedder, reranker=ProcessReranker(
-            self.models, cfg.reranker) if self.models and cfg.has_reranker else None)
+        self.memory = memory or Memory(cfg.db, embedder=cfg.embedder, reranker=BatchingReranker(
+            self.models, cfg.reranker, max_batch=cfg.rerank_batch, max_wait=cfg.rerank_wait_ms / 1000)
+            if self.models and cfg.has_reranker else None)
         self.keys = ApiKeys(self.memory.store)
         self.store_lane = Lane("store", cfg.workers, cfg.queue, cfg.timeout)
-        self.model_lane = Lane("model", 1, cfg.model_queue, cfg.timeout)
+        # As many model jobs run as a rerank pass takes; the model process still runs one pass at a time.
+        self.model_lane = Lane("model", cfg.rerank_batch, cfg.model_queue, cfg.timeout)
         self.agent: MemoryAgent | None = None
         self.ready = False
         self.load_error: QrmemError | None = None
