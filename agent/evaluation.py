@@ -229,9 +229,11 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
                   generator: str = "transformers", base_url: str | None = None,
                   api_key_env: str = "OPENAI_API_KEY", summaries: bool = False, download_public: bool = False,
                   categories: list[int] | None = None, answer: bool = True,
-                  db: str | None = None, embedder: str | None = None, progress: bool = True) -> dict[str, Any]:
+                  db: str | None = None, embedder: str | None = None, progress: bool = True,
+                  temporal: bool = True) -> dict[str, Any]:
     """Everything `qrmem eval locomo` and `demos/locomo_demo.py` do, from plain options. Without
-    `data`: the public file with `download_public`, else the tiny conversation shipped with qrmem."""
+    `data`: the public file with `download_public`, else the tiny conversation shipped with qrmem.
+    `temporal=False` ingests without grounding relative time expressions (`Memory(temporal=False)`)."""
     from memory import load_generator, load_reranker
 
     out = Path(out)
@@ -247,9 +249,9 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
     out.mkdir(parents=True, exist_ok=True)
     memory = Memory(str(out / "memory.db") if db is None else db, embedder=embedder, reranker=ranker,
                     summarizer=Summarizer(gen) if summaries else None,
-                    rerank_context="summary" if summaries else "date")
+                    rerank_context="summary" if summaries else "date", temporal=temporal)
     cfg = EvalConfig(out=out, data=Path(data), conversations=conversations, limit=limit, rerank_k=rerank_k,
                      top_n=top_n,
                      rerank=rerank, summaries=summaries, categories=categories, answer=answer,
-                     extra={"generator": gen.name, "reranker": reranker})
+                     extra={"generator": gen.name, "reranker": reranker, "temporal": temporal})
     return run(cfg, memory, gen, progress=progress)

@@ -31,6 +31,8 @@ ap.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g.
 ap.add_argument("--summaries", action="store_true", help="roll summaries and give them to the reranker")
 ap.add_argument("--categories", default=None, help="question categories, e.g. 1,2,3,4 (default: all)")
 ap.add_argument("--no-answer", action="store_true", help="retrieval only: skip the generator, no F1")
+ap.add_argument("--no-temporal", action="store_true",
+                help="ingest without grounding 'yesterday', 'last week'... against the session date")
 ap.add_argument("--download", action="store_true", help="fetch the public locomo10.json (needs network)")
 args = ap.parse_args()
 conversations = parse_conversations(args.conversations)
@@ -42,5 +44,6 @@ if data is None and not args.download and SHARED.is_file():
 summary = build_and_run(out=args.out, data=data, limit=limit, rerank_k=args.rerank_k, top_n=args.top_n,
                         conversations=conversations, reranker=args.reranker, generator=args.generator,
                         base_url=args.base_url, summaries=args.summaries, download_public=args.download,
-                        categories=parse_categories(args.categories), answer=not args.no_answer)
+                        categories=parse_categories(args.categories), answer=not args.no_answer,
+                        temporal=not args.no_temporal)
 print(report(summary))

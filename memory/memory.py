@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from store import (
     AddResult,
     Chunker,
+    ChunkIn,
     ChunkRecord,
     DeleteResult,
     InputError,
@@ -39,7 +40,7 @@ from store.redact import get_logger
 from store.store import SECURE_DELETE_WAIT
 
 from .embedders import Embedder, load_embedder, load_stored_embedder
-from .filters import SearchFilter
+from .filters import SearchFilter, parse_session_date
 from .ranking import Reranker
 from .rerankers import load_reranker
 from .retrieval import (
@@ -51,6 +52,7 @@ from .retrieval import (
     index_text,
 )
 from .summaries import Summarizer, catch_up
+from .temporal import ground, notes_text
 from .types import IngestReport, ReindexReport, SearchHit
 
 log = get_logger(__name__)
@@ -75,7 +77,8 @@ class Memory:
                  summarizer: Summarizer | None = None,
                  rerank_context: Literal["date", "summary", "none"] = "date",
                  secure_delete: bool = False, secure_delete_wait: float = SECURE_DELETE_WAIT,
-                 create: bool = True, index_cache_bytes: int = DEFAULT_INDEX_BYTES) -> None:
+                 create: bool = True, index_cache_bytes: int = DEFAULT_INDEX_BYTES,
+                 temporal: bool = True) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(
@@ -93,6 +96,9 @@ class Memory:
         if rerank_context not in ("date", "summary", "none"):
             raise InputError(f"rerank_context must be date, summary or none, got {rerank_context!r}")
         self.rerank_context = rerank_context
+        if not isinstance(temporal, bool):
+            raise InputError(f"temporal must be True or False, got {temporal!r}")
+        self.temporal = temporal  # ground relative time expressions at ingest (memory.temporal)
         self.retriever = Retriever(self.store, lambda: self.embedder, rrf_k, IndexCache(index_cache_bytes))
 
     @property
@@ -164,7 +170,7 @@ class Memory:
 
         bar = tqdm(total=len(todo), unit="sessions", desc="ingest", disable=not progress)
         for group in _groups(todo, EMBED_GROUP):
-            chunked = [self.chunker.chunk(s.turns) for s in group]
+            chunked = [self._ground(s, self.chunker.chunk(s.turns)) for s in group]
             texts = [index_text(text=c.text, date=s.date) for s, cs in zip(group, chunked, strict=True)
                      for c in cs]
             t0 = time.perf_counter()
@@ -194,6 +200,13 @@ class Memory:
                 report.summary_seconds += time.perf_counter() - t0
         bar.close()
         return report
+
+    def _ground(self, session: SessionIn, chunks: list[ChunkIn]) -> list[ChunkIn]:
+        """The chunks with their relative time expressions grounded against the session date
+        (`memory.temporal`), when `temporal` is on; as they are otherwise."""
+        if not self.temporal or parse_session_date(session.date) is None:
+            return chunks
+        return [replace(c, time_notes=notes_text(ground(c.text, session.date))) for c in chunks]
 
     def _check_embedder(self) -> None:
         """Refuse, before embedding anything, to write vectors of another model than the store's."""
@@ -335,7 +348,9 @@ class Memory:
         With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
         listwise by `self.reranker`, and the best `k` of them are returned with the reranker's
         scores. Memory context per `rerank_context`: `date` (each chunk's session date), `summary`
-        (each chunk's session summary, else its date, plus the conversation summary) or `none`.
+        (each chunk's session summary, else its date, plus the conversation summary) or `none`;
+        with `date` and `summary`, a chunk's grounded time notes follow its context
+        (`8 May 2023 (yesterday = 7 May 2023)`).
         """
         flt = SearchFilter.build(session_ids, after, before)
         if rerank:
@@ -365,10 +380,18 @@ class Memory:
         if self.rerank_context == "none":
             return None, None
         if self.rerank_context == "date":
-            return [h.session_date for h in hits], None
+            return [with_time_notes(h.session_date, h.time_notes) for h in hits], None
         latest = {(s.kind, s.session_id): s.text for s in self.store.summaries(user_id)}
-        contexts = [latest.get(("session", h.session_id), h.session_date) for h in hits]
+        contexts = [with_time_notes(latest.get(("session", h.session_id), h.session_date), h.time_notes)
+                    for h in hits]
         return contexts, latest.get(("conversation", None))
+
+
+def with_time_notes(context: str | None, notes: str | None) -> str | None:
+    """A chunk's memory context with its grounded time notes: `8 May 2023 (yesterday = 7 May 2023)`."""
+    if not notes:
+        return context
+    return f"{context} ({notes})" if context else f"({notes})"
 
 
 def _check_count(value: object, name: str) -> None:
@@ -379,7 +402,7 @@ def _check_count(value: object, name: str) -> None:
 def _hit(chunk: ChunkRecord, score: float, rank: int) -> SearchHit:
     return SearchHit(rank=rank, score=score, text=chunk.text, user_id=chunk.user_id,
                      session_id=chunk.session_id, session_date=chunk.session_date,
-                     turn_ids=chunk.turn_ids, chunk_id=chunk.chunk_id)
+                     turn_ids=chunk.turn_ids, chunk_id=chunk.chunk_id, time_notes=chunk.time_notes)
 
 
 def _groups(sessions: Sequence[SessionIn], size: int) -> Iterable[list[SessionIn]]:

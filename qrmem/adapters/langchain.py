@@ -32,7 +32,8 @@ def hit_document(hit: SearchHit) -> Document:
     """A search hit as a LangChain Document: the chunk text, and where it came from in metadata."""
     return Document(page_content=hit.text, metadata={
         "user_id": hit.user_id, "session_id": hit.session_id, "session_date": hit.session_date,
-        "turn_ids": list(hit.turn_ids), "score": hit.score, "rank": hit.rank, "chunk_id": hit.chunk_id})
+        "turn_ids": list(hit.turn_ids), "score": hit.score, "rank": hit.rank, "chunk_id": hit.chunk_id,
+        "time_notes": hit.time_notes})
 
 
 class QrmemRetriever(BaseRetriever):

@@ -62,6 +62,7 @@ class MemoryHit(BaseModel):
     session_id: str
     session_date: str | None
     turn_ids: list[str]
+    time_notes: str | None = None  # e.g. "yesterday = 7 May 2023": what the text's relative dates mean
 
 
 class Found(BaseModel):
@@ -157,7 +158,8 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
         hits = await call(ctx, service.search, query, k=limit, mode=None, rerank=rerank, rerank_k=None,
                           session_ids=session_ids, after=after, before=before, model=rerank)
         return Found(hits=[MemoryHit(rank=h.rank, score=h.score, text=h.text, session_id=h.session_id,
-                                     session_date=h.session_date, turn_ids=list(h.turn_ids)) for h in hits])
+                                     session_date=h.session_date, turn_ids=list(h.turn_ids),
+                                     time_notes=h.time_notes) for h in hits])
 
     @tool(title="List memories", read_only_hint=True)
     async def get_memories(

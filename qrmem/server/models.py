@@ -73,6 +73,8 @@ class HitOut(Out):
     session_date: str | None
     turn_ids: list[str]
     chunk_id: int
+    time_notes: str | None = Field(default=None, description="relative time expressions of the text grounded "
+                                   "against the session date at ingest, e.g. 'yesterday = 7 May 2023'")
 
 
 class SearchOut(Out):
@@ -140,6 +142,7 @@ class UsedChunkOut(Out):
     turn_ids: list[str]
     score: float
     text: str
+    time_notes: str | None = None
 
 
 class ChatOut(Out):
