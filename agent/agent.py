@@ -32,7 +32,7 @@ def should_abstain(relevance: float | None, abstain_below: float | None) -> bool
 SYSTEM_PROMPT = (
     "You are a helpful assistant with a long-term memory of earlier conversations with this user. "
     "Answer briefly, using the memories when they are relevant. Dates in brackets are when a "
-    "memory was said."
+    "memory was said; notes in parentheses give the dates its words such as 'yesterday' mean."
 )
 
 
@@ -44,6 +44,7 @@ class UsedChunk:
     turn_ids: tuple[str, ...]
     score: float
     text: str
+    time_notes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,10 @@ class Answer:
 
 
 def memory_block(hits: list[SearchHit]) -> str:
-    return "\n".join(f"[{h.session_date or 'undated'}] {h.text}" for h in hits)
+    """The memories as the generator reads them, one per line: `[session date] text`, followed by
+    the chunk's grounded time notes when it has any: `(yesterday = 7 May 2023)`."""
+    return "\n".join(f"[{h.session_date or 'undated'}] {h.text}" + (f" ({h.time_notes})" if h.time_notes else "")
+                     for h in hits)
 
 
 @dataclass
@@ -133,7 +137,7 @@ class MemoryAgent:
         session.turns = turns  # only now: the session is open (and reported saved) once it is stored
         self._open[user_id] = session
         t3 = time.perf_counter()
-        used = tuple(UsedChunk(h.chunk_id, h.session_id, h.session_date, h.turn_ids, h.score, h.text)
+        used = tuple(UsedChunk(h.chunk_id, h.session_id, h.session_date, h.turn_ids, h.score, h.text, h.time_notes)
                      for h in hits)
         return Answer(reply, used, session.session_id,
                       {"retrieve": t1 - t0, "generate": t2 - t1, "write": t3 - t2}, relevance, abstained)

@@ -315,9 +315,11 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
                   categories: list[int] | None = None, answer: bool = True,
                   db: str | None = None, embedder: str | None = None, progress: bool = True,
                   abstain_below: float | None = DEFAULT_ABSTAIN_BELOW,
-                  fusion_weight: float = DEFAULT_FUSION_WEIGHT) -> dict[str, Any]:
+                  fusion_weight: float = DEFAULT_FUSION_WEIGHT,
+                  temporal: bool = True) -> dict[str, Any]:
     """Everything `qrmem eval locomo` and `demos/locomo_demo.py` do, from plain options. Without
-    `data`: the public file with `download_public`, else the tiny conversation shipped with qrmem."""
+    `data`: the public file with `download_public`, else the tiny conversation shipped with qrmem.
+    `temporal=False` ingests without grounding relative time expressions (`Memory(temporal=False)`)."""
     from memory import load_generator, load_reranker
 
     out = Path(out)
@@ -333,10 +335,12 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
     out.mkdir(parents=True, exist_ok=True)
     memory = Memory(str(out / "memory.db") if db is None else db, embedder=embedder, reranker=ranker,
                     summarizer=Summarizer(gen) if summaries else None,
-                    rerank_context="summary" if summaries else "date", fusion_weight=fusion_weight)
+                    rerank_context="summary" if summaries else "date", fusion_weight=fusion_weight,
+                    temporal=temporal)
     cfg = EvalConfig(out=out, data=Path(data), conversations=conversations, limit=limit, rerank_k=rerank_k,
                      top_n=top_n,
                      rerank=rerank, summaries=summaries, categories=categories, answer=answer,
                      abstain_below=abstain_below,
-                     extra={"generator": gen.name, "reranker": reranker, "fusion_weight": fusion_weight})
+                     extra={"generator": gen.name, "reranker": reranker, "fusion_weight": fusion_weight,
+                            "temporal": temporal})
     return run(cfg, memory, gen, progress=progress)

@@ -42,12 +42,12 @@ def worker(db: str, run: int, turns: int) -> None:
     mem = Memory(db, embedder=HashingEmbedder(64), summarizer=_summarizer())
 
     @event.listens_for(mem.store.engine, "begin")
-    def _begin(conn):  # noqa: ANN001, ANN202 - marks where a write transaction opens ...
+    def _begin(conn):
         if conn.get_execution_options().get("qrmem_write"):
             print("txn-open", flush=True)
 
     @event.listens_for(mem.store.engine, "commit")
-    def _commit(conn):  # noqa: ANN001, ANN202 - ... and where it has committed
+    def _commit(conn):
         if conn.get_execution_options().get("qrmem_write"):
             print("txn-done", flush=True)
 

@@ -36,6 +36,8 @@ ap.add_argument("--fusion-weight", type=float, default=DEFAULT_FUSION_WEIGHT,
                 help="first-stage order fused with the reranker's scores (0: reranker alone)")
 ap.add_argument("--abstain-below", default=str(DEFAULT_ABSTAIN_BELOW),
                 help="answer 'no memory' below this search relevance, or none (never)")
+ap.add_argument("--no-temporal", action="store_true",
+                help="ingest without grounding 'yesterday', 'last week'... against the session date")
 ap.add_argument("--download", action="store_true", help="fetch the public locomo10.json (needs network)")
 args = ap.parse_args()
 conversations = parse_conversations(args.conversations)
@@ -49,5 +51,6 @@ summary = build_and_run(out=args.out, data=data, limit=limit, rerank_k=args.rera
                         base_url=args.base_url, summaries=args.summaries, download_public=args.download,
                         categories=parse_categories(args.categories), answer=not args.no_answer,
                         fusion_weight=args.fusion_weight,
-                        abstain_below=None if args.abstain_below.lower() == "none" else float(args.abstain_below))
+                        abstain_below=None if args.abstain_below.lower() == "none" else float(args.abstain_below),
+                        temporal=not args.no_temporal)
 print(report(summary))

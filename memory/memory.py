@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from store import (
     AddResult,
     Chunker,
+    ChunkIn,
     ChunkRecord,
     DeleteResult,
     InputError,
@@ -40,7 +41,7 @@ from store.store import SECURE_DELETE_WAIT
 
 from .attribution import attribution
 from .embedders import Embedder, load_embedder, load_stored_embedder
-from .filters import SearchFilter
+from .filters import SearchFilter, parse_session_date
 from .fusion import DEFAULT_FUSION_WEIGHT, fuse_with_first_stage
 from .ranking import Reranker
 from .rerankers import load_reranker
@@ -53,6 +54,7 @@ from .retrieval import (
     index_text,
 )
 from .summaries import Summarizer, catch_up
+from .temporal import ground, notes_text
 from .types import IngestReport, ReindexReport, SearchHit, SearchResults
 
 log = get_logger(__name__)
@@ -78,7 +80,7 @@ class Memory:
                  rerank_context: Literal["date", "summary", "none"] = "date",
                  secure_delete: bool = False, secure_delete_wait: float = SECURE_DELETE_WAIT,
                  create: bool = True, index_cache_bytes: int = DEFAULT_INDEX_BYTES,
-                 fusion_weight: float = DEFAULT_FUSION_WEIGHT) -> None:
+                 fusion_weight: float = DEFAULT_FUSION_WEIGHT, temporal: bool = True) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(
@@ -100,6 +102,9 @@ class Memory:
                 or not 0 <= fusion_weight < float("inf")):
             raise InputError(f"fusion_weight must be a number >= 0 (0: the reranker's order alone), got {fusion_weight!r}")
         self.fusion_weight = float(fusion_weight)
+        if not isinstance(temporal, bool):
+            raise InputError(f"temporal must be True or False, got {temporal!r}")
+        self.temporal = temporal  # ground relative time expressions at ingest (memory.temporal)
         self.retriever = Retriever(self.store, lambda: self.embedder, rrf_k, IndexCache(index_cache_bytes))
 
     @property
@@ -171,7 +176,7 @@ class Memory:
 
         bar = tqdm(total=len(todo), unit="sessions", desc="ingest", disable=not progress)
         for group in _groups(todo, EMBED_GROUP):
-            chunked = [self.chunker.chunk(s.turns) for s in group]
+            chunked = [self._ground(s, self.chunker.chunk(s.turns)) for s in group]
             texts = [index_text(text=c.text, date=s.date) for s, cs in zip(group, chunked, strict=True)
                      for c in cs]
             t0 = time.perf_counter()
@@ -201,6 +206,13 @@ class Memory:
                 report.summary_seconds += time.perf_counter() - t0
         bar.close()
         return report
+
+    def _ground(self, session: SessionIn, chunks: list[ChunkIn]) -> list[ChunkIn]:
+        """The chunks with their relative time expressions grounded against the session date
+        (`memory.temporal`), when `temporal` is on; as they are otherwise."""
+        if not self.temporal or parse_session_date(session.date) is None:
+            return chunks
+        return [replace(c, time_notes=notes_text(ground(c.text, session.date))) for c in chunks]
 
     def _check_embedder(self) -> None:
         """Refuse, before embedding anything, to write vectors of another model than the store's."""
@@ -347,7 +359,8 @@ class Memory:
         the reranker's scores are attention mass (QRRanker), the results carry `relevance`
         (`memory.attribution`). Memory context per `rerank_context`: `date` (each chunk's session
         date), `summary` (each chunk's session summary, else its date, plus the conversation
-        summary) or `none`.
+        summary) or `none`; with `date` and `summary`, a chunk's grounded time notes follow its
+        context (`8 May 2023 (yesterday = 7 May 2023)`).
         """
         flt = SearchFilter.build(session_ids, after, before)
         if rerank:
@@ -385,10 +398,18 @@ class Memory:
         if self.rerank_context == "none":
             return None, None
         if self.rerank_context == "date":
-            return [h.session_date for h in hits], None
+            return [with_time_notes(h.session_date, h.time_notes) for h in hits], None
         latest = {(s.kind, s.session_id): s.text for s in self.store.summaries(user_id)}
-        contexts = [latest.get(("session", h.session_id), h.session_date) for h in hits]
+        contexts = [with_time_notes(latest.get(("session", h.session_id), h.session_date), h.time_notes)
+                    for h in hits]
         return contexts, latest.get(("conversation", None))
+
+
+def with_time_notes(context: str | None, notes: str | None) -> str | None:
+    """A chunk's memory context with its grounded time notes: `8 May 2023 (yesterday = 7 May 2023)`."""
+    if not notes:
+        return context
+    return f"{context} ({notes})" if context else f"({notes})"
 
 
 def _check_count(value: object, name: str) -> None:
@@ -399,7 +420,7 @@ def _check_count(value: object, name: str) -> None:
 def _hit(chunk: ChunkRecord, score: float, rank: int) -> SearchHit:
     return SearchHit(rank=rank, score=score, text=chunk.text, user_id=chunk.user_id,
                      session_id=chunk.session_id, session_date=chunk.session_date,
-                     turn_ids=chunk.turn_ids, chunk_id=chunk.chunk_id)
+                     turn_ids=chunk.turn_ids, chunk_id=chunk.chunk_id, time_notes=chunk.time_notes)
 
 
 def _groups(sessions: Sequence[SessionIn], size: int) -> Iterable[list[SessionIn]]:

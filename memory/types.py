@@ -24,6 +24,9 @@ class SearchHit:
     turn_ids: tuple[str, ...]  # external turn ids (e.g. LoCoMo dia_ids) the chunk covers
     chunk_id: int
     evidence: tuple[Evidence, ...] = ()  # spans of `text` the reranker attended to (QRRanker only)
+    # Relative time expressions of the text grounded against the session date at ingest
+    # ("yesterday = 7 May 2023; last week = week of 1 May 2023"); None: none, or not grounded.
+    time_notes: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

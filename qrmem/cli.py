@@ -83,6 +83,9 @@ def abstain_value(value: str | None) -> float | None:
 EmbedderOpt = Annotated[str | None, typer.Option(
     "--embedder", callback=_given, help="sentence-transformers name/path or BACKEND:ARG (e.g. hashing:256) "
                                         "[default: the store's own embedder, else the offline MiniLM]")]
+TemporalOpt = Annotated[bool, typer.Option(
+    "--temporal/--no-temporal",
+    help="ground relative time expressions ('yesterday', 'last week') against the session date")]
 ConversationsOpt = Annotated[str | None, typer.Option(
     "--conversations", callback=_given, help="only these groups/conversations (comma-separated)")]
 
@@ -117,7 +120,7 @@ def handle_errors(fn: F) -> F:
 
 def open_memory(db: str | None, embedder: str | None = None, chunker: str = "turn",
                 reranker=None, secure_delete: bool = False, secure_delete_wait: float = 5.0,
-                create: bool = True) -> Memory:
+                create: bool = True, temporal: bool = True) -> Memory:
     """The command's Memory. Reading commands pass `create=False`: a store that does not exist is
     an error, not a new empty one. An in-memory SQLite database is refused: it would vanish with
     the command, and the command would still report success."""
@@ -131,7 +134,7 @@ def open_memory(db: str | None, embedder: str | None = None, chunker: str = "tur
                     "ends; pass a file path or a server URL (--db)")
     if not create:
         store.engine  # noqa: B018 -- a store that does not exist is refused now, before any prompt
-    return Memory(store, embedder=embedder, chunker=chunker, reranker=reranker)
+    return Memory(store, embedder=embedder, chunker=chunker, reranker=reranker, temporal=temporal)
 
 
 # -- option groups: declared once, added to each command that takes them ------------------------------
@@ -264,13 +267,15 @@ def ingest(
     chunker: Annotated[str, typer.Option(help="turn, window or window:SIZE:OVERLAP")] = "turn",
     embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
+    temporal: TemporalOpt = True,
 ) -> None:
     """Ingest a dialogue file. LoCoMo samples become users (user id = sample_id).
 
     The whole file is validated first; each session is then written in one transaction, and
     re-ingesting identical sessions does nothing, so an interrupted ingest can simply be re-run.
+    Relative time expressions are grounded against each session's date unless --no-temporal.
     """
-    mem = open_memory(db, embedder, chunker)
+    mem = open_memory(db, embedder, chunker, temporal=temporal)
     report = mem.ingest_file(file, fmt=fmt, replace=replace, progress=not as_json and sys.stderr.isatty())
     summary = {"added": report.count("added"), "replaced": report.count("replaced"),
                "unchanged": report.count("unchanged"), "turns": report.turns, "chunks": report.chunks,
@@ -585,6 +590,7 @@ def eval_locomo(
     download: Annotated[bool, typer.Option("--download", help="fetch the public locomo10.json (needs network)")] = False,
     fusion_weight: FusionOpt = DEFAULT_FUSION_WEIGHT,
     abstain_below: AbstainOpt = None,
+    temporal: TemporalOpt = True,
 ) -> None:
     """Ingest LoCoMo conversations session by session, answer every question from memory, score it."""
     from agent.evaluation import build_and_run, parse_categories, report
@@ -595,7 +601,8 @@ def eval_locomo(
                             generator=gen.generator, base_url=gen.base_url, api_key_env=gen.api_key_env,
                             summaries=summaries, download_public=download, progress=sys.stderr.isatty(),
                             categories=parse_categories(categories), answer=not no_answer,
-                            fusion_weight=fusion_weight, abstain_below=abstain_value(abstain_below))
+                            fusion_weight=fusion_weight, abstain_below=abstain_value(abstain_below),
+                            temporal=temporal)
     typer.echo(report(summary))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'chart.png'}")
 
@@ -671,10 +678,11 @@ def import_(
     db: DbOpt = None,
     replace: Annotated[bool, typer.Option("--replace", help="overwrite stored sessions that differ")] = False,
     embedder: EmbedderOpt = None,
+    temporal: TemporalOpt = True,
 ) -> None:
-    """Import memory exported by `qrmem export` (re-chunked and re-embedded here), with its
-    summaries; importing a store's own export changes nothing."""
-    report = open_memory(db, embedder).import_file(file, replace=replace)
+    """Import memory exported by `qrmem export` (re-chunked, re-embedded and its relative time
+    expressions grounded here), with its summaries; importing a store's own export changes nothing."""
+    report = open_memory(db, embedder, temporal=temporal).import_file(file, replace=replace)
     typer.echo(f"{report.count('added')} sessions added, {report.count('replaced')} replaced, "
                f"{report.count('unchanged')} unchanged; {report.summaries_restored} summaries restored")
 

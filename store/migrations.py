@@ -11,7 +11,25 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+    select,
+    text,
+)
 
 from . import schema
 from .errors import StoreError
@@ -28,13 +46,73 @@ def migration(fn: Migration) -> Migration:
     return fn
 
 
-# The tables m001_initial creates, frozen: tables added later have their own migrations.
+# The tables m001_initial creates.
 INITIAL_TABLES = ("users", "sessions", "turns", "chunks", "chunk_turns", "embeddings", "summaries")
+
+
+def initial_metadata() -> MetaData:
+    """The tables of m001_initial exactly as it created them, frozen here: later migrations change
+    some of them (m005 adds `chunks.time_notes`), and `schema` holds only the latest definitions."""
+    md = MetaData()
+    Table("users", md,
+          Column("id", Integer, primary_key=True),
+          Column("external_id", String(200), nullable=False, unique=True),
+          Column("revision", Integer, nullable=False, default=0),
+          Column("created_at", DateTime(timezone=True), nullable=False))
+    Table("sessions", md,
+          Column("id", Integer, primary_key=True),
+          Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+          Column("external_id", String(200), nullable=False),
+          Column("date_text", String(200)),
+          Column("position", Integer, nullable=False),
+          Column("content_hash", String(64), nullable=False),
+          Column("chunker", String(100), nullable=False),
+          Column("created_at", DateTime(timezone=True), nullable=False),
+          UniqueConstraint("user_id", "external_id", name="uq_session_user_external"))
+    Table("turns", md,
+          Column("id", Integer, primary_key=True),
+          Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+          Column("position", Integer, nullable=False),
+          Column("speaker", String(200), nullable=False),
+          Column("text", Text, nullable=False),
+          Column("time_text", String(200)),
+          Column("external_id", String(200)),
+          Column("image_caption", Text),
+          UniqueConstraint("session_id", "position", name="uq_turn_position"))
+    Table("chunks", md,
+          Column("id", Integer, primary_key=True),
+          Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+          Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+          Column("position", Integer, nullable=False),
+          Column("text", Text, nullable=False),
+          Index("ix_chunks_user", "user_id"))
+    Table("chunk_turns", md,
+          Column("chunk_id", Integer, ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True),
+          Column("turn_id", Integer, ForeignKey("turns.id", ondelete="CASCADE"), primary_key=True),
+          Index("ix_chunk_turns_turn", "turn_id"))
+    Table("embeddings", md,
+          Column("chunk_id", Integer, ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True),
+          Column("model", String(300), primary_key=True),
+          Column("dim", Integer, nullable=False),
+          Column("vector", LargeBinary, nullable=False))
+    Table("summaries", md,
+          Column("id", Integer, primary_key=True),
+          Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+          Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE")),
+          Column("kind", String(20), nullable=False),
+          Column("version", Integer, nullable=False),
+          Column("text", Text, nullable=False),
+          Column("model", String(300)),
+          Column("meta", JSON),
+          Column("created_at", DateTime(timezone=True), nullable=False),
+          Index("ix_summaries_scope", "user_id", "kind", "session_id", "version"))
+    assert tuple(md.tables) == INITIAL_TABLES
+    return md
 
 
 @migration
 def m001_initial(conn: Connection) -> None:
-    schema.metadata.create_all(conn, tables=[schema.metadata.tables[name] for name in INITIAL_TABLES])
+    initial_metadata().create_all(conn)
 
 
 @migration
@@ -50,6 +128,13 @@ def m003_chunk_changes(conn: Connection) -> None:
 @migration
 def m004_api_keys(conn: Connection) -> None:
     schema.api_keys.create(conn)
+
+
+@migration
+def m005_chunk_time_notes(conn: Connection) -> None:
+    """`chunks.time_notes` (nullable text): relative time expressions grounded at ingest. Chunks
+    stored before it have none (NULL), like chunks ingested with grounding off."""
+    conn.execute(text("ALTER TABLE chunks ADD COLUMN time_notes TEXT"))
 
 
 MIGRATION_LOCK = 7_246_311  # PostgreSQL advisory lock key held while migrating

@@ -75,6 +75,10 @@ chunks = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("position", Integer, nullable=False),
     Column("text", Text, nullable=False),
+    # Relative time expressions of the text grounded against the session date at ingest
+    # ("yesterday = 7 May 2023; last week = week of 1 May 2023"); NULL: none, or not grounded.
+    # Added by migration m005_chunk_time_notes.
+    Column("time_notes", Text),
     Index("ix_chunks_user", "user_id"),
 )
 

@@ -315,8 +315,8 @@ class Store:
                  for i, turn in enumerate(session.turns)]))
             chunk_pks = list(conn.scalars(
                 t.chunks.insert().returning(t.chunks.c.id, sort_by_parameter_order=True),
-                [{"session_id": session_pk, "user_id": user_pk, "position": i, "text": c.text}
-                 for i, c in enumerate(chunks)]))
+                [{"session_id": session_pk, "user_id": user_pk, "position": i, "text": c.text,
+                  "time_notes": c.time_notes} for i, c in enumerate(chunks)]))
             conn.execute(t.chunk_turns.insert(), [
                 {"chunk_id": pk, "turn_id": turn_pks[p]}
                 for pk, c in zip(chunk_pks, chunks, strict=True) for p in c.turn_positions])
@@ -357,6 +357,9 @@ class Store:
             if not c.turn_positions or any(not 0 <= p < n for p in c.turn_positions):
                 raise InputError(f"session {session.session_id!r}: chunk covers turns "
                                  f"{c.turn_positions} outside 0..{n - 1}")
+            if c.time_notes is not None and (not isinstance(c.time_notes, str) or not c.time_notes.strip()):
+                raise InputError(f"session {session.session_id!r}: a chunk's time notes must be text or "
+                                 f"None, got {c.time_notes!r}")
         if (vectors is None) != (model is None):
             raise InputError("pass both embedding_model and vectors, or neither")
         if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != len(chunks)):
@@ -524,7 +527,8 @@ class Store:
         which = [t.chunks.c.user_id == user_pk] if ids is None else [t.chunks.c.id.in_(ids)]
         rows = [r for r in conn.execute(
             select(t.chunks.c.id, t.sessions.c.external_id, t.sessions.c.date_text,
-                   t.sessions.c.position, t.chunks.c.position, t.chunks.c.text, t.chunks.c.user_id)
+                   t.sessions.c.position, t.chunks.c.position, t.chunks.c.text, t.chunks.c.user_id,
+                   t.chunks.c.time_notes)
             .join(t.sessions, t.sessions.c.id == t.chunks.c.session_id).where(*which)
             .order_by(t.sessions.c.position, t.sessions.c.id, t.chunks.c.position)) if r[6] == user_pk]
         covered: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -536,7 +540,7 @@ class Store:
             covered[chunk_pk].append((pos, ext))
         return [ChunkRecord(chunk_id=r[0], user_id=user_id, session_id=r[1], session_date=r[2],
                             session_position=r[3], position=r[4], text=r[5],
-                            turn_ids=tuple(ext for _, ext in sorted(covered[r[0]])))
+                            turn_ids=tuple(ext for _, ext in sorted(covered[r[0]])), time_notes=r[7])
                 for r in rows]
 
     def index_changes(self, user_id: str, since: int, model: str | None = None) -> IndexChanges:

@@ -299,10 +299,13 @@ class SummaryIn(BaseModel):
 
 @dataclass(frozen=True)
 class ChunkIn:
-    """A chunk produced by a chunker: text plus the positions (in the session) of the turns it covers."""
+    """A chunk produced by a chunker: text plus the positions (in the session) of the turns it covers,
+    and optionally notes stored beside it (`time_notes`: its relative time expressions grounded
+    against the session date, e.g. `yesterday = 7 May 2023`; the store keeps them as given)."""
 
     text: str
     turn_positions: tuple[int, ...]
+    time_notes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -347,6 +350,7 @@ class ChunkRecord:
     position: int
     text: str
     turn_ids: tuple[str, ...]  # external turn ids it covers (dia_ids); positions as "#n" when a turn has none
+    time_notes: str | None = None  # relative time expressions grounded at ingest (None: none, or not grounded)
 
 
 @dataclass(frozen=True)

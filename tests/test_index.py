@@ -12,8 +12,7 @@ from memory import HashingEmbedder, Memory
 from store import SessionIn, Store
 from store.store import CHANGE_WINDOW
 
-WORDS = ("cat kitten miso marathon lisbon october painting sunrise support group caroline melanie "
-         "dog hiking tea pottery concert guitar beach camping").split()
+WORDS = ["cat", "kitten", "miso", "marathon", "lisbon", "october", "painting", "sunrise", "support", "group", "caroline", "melanie", "dog", "hiking", "tea", "pottery", "concert", "guitar", "beach", "camping"]
 QUERIES = ["kitten miso", "marathon in october", "pottery and tea", "camping beach guitar", "support group"]
 
 

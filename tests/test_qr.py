@@ -144,8 +144,9 @@ def test_memory_search_reranks_the_first_stage(db: str, ranker: QRRanker) -> Non
     mem.add_session("u", [{"speaker": "u", "text": d} for d in DOCS], session_id="s1", date="1 May 2024")
     first = mem.search("u", "kitten Miso marathon", k=4)
     reranked = mem.search("u", "kitten Miso marathon", k=3, rerank=True, rerank_k=4)
+    assert any(h.time_notes for h in first)  # "yesterday": the reranker sees the date and the note
     expected = ranker.rank("kitten Miso marathon", [h.text for h in first],
-                           contexts=[h.session_date for h in first])
+                           contexts=[h.session_date + (f" ({h.time_notes})" if h.time_notes else "") for h in first])
     assert [h.text for h in reranked] == [first[r.index].text for r in expected.top_k(3)]
     assert [h.rank for h in reranked] == [1, 2, 3]
     assert reranked[0].score == pytest.approx(expected[0].score)

@@ -148,6 +148,21 @@ def test_sessions_messages_search_read_delete(served, tmp_path: Path) -> None:
     assert post(server, key, f"{user}/search", {"query": "kitten"}).json() == {"hits": [], "relevance": None}
 
 
+def test_search_hits_carry_their_grounded_time_notes(served) -> None:
+    server, keys, db = served
+    body = {"session_id": "s1", "date": "1:56 pm on 8 May, 2023", "turns": [
+        {"speaker": "tina", "text": "I went to a pottery class yesterday."},
+        {"speaker": "bot", "text": "See you next time!"}]}
+    assert post(server, keys["all"], "tina/sessions", body).json()["status"] == "added"
+    hits = post(server, keys["all"], "tina/search", {"query": "pottery class", "k": 2}).json()["hits"]
+    assert [(h["text"], h["time_notes"]) for h in hits] == [
+        ("tina: I went to a pottery class yesterday.", "yesterday = 7 May 2023"), ("bot: See you next time!", None)]
+    cli = runner.invoke(app, ["search", "--db", db, "--user", "tina", "--embedder", "hashing:64", "--k", "2",
+                              "--json", "pottery class"])
+    assert hits == json.loads(cli.stdout)
+    assert delete(server, keys["all"], "tina").json()["turns"] == 2
+
+
 def test_authentication_and_user_scope(served) -> None:
     server, keys, _ = served
     routes = [("post", "sessions", {"turns": PETS}), ("post", "messages", {"turns": PETS}),
@@ -282,7 +297,7 @@ def _all_subclasses(cls: type) -> set[type]:
 
 def test_every_qrmem_error_class_has_its_status() -> None:
     import agent  # noqa: F401  (every library module that may define an error is imported)
-    import memory.qr  # noqa: F401
+    import memory.qr
 
     expected = {store.errors.InputError: 400, store.errors.NotFoundError: 404,
                 store.errors.SessionConflictError: 409, store.errors.ConcurrentUpdateError: 409,

@@ -16,23 +16,24 @@ from ._deps import require
 
 require("langchain_core", "langchain")
 
-from langchain_core.callbacks import (  # noqa: E402
+from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForRetrieverRun,
     Callbacks,
 )
-from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from langchain_core.retrievers import BaseRetriever  # noqa: E402
-from pydantic import ConfigDict, Field  # noqa: E402
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
 
-from memory import DEFAULT_RERANK_K, Memory, Reranker, SearchHit  # noqa: E402
+from memory import DEFAULT_RERANK_K, Memory, Reranker, SearchHit
 
 
 def hit_document(hit: SearchHit) -> Document:
     """A search hit as a LangChain Document: the chunk text, and where it came from in metadata."""
     return Document(page_content=hit.text, metadata={
         "user_id": hit.user_id, "session_id": hit.session_id, "session_date": hit.session_date,
-        "turn_ids": list(hit.turn_ids), "score": hit.score, "rank": hit.rank, "chunk_id": hit.chunk_id})
+        "turn_ids": list(hit.turn_ids), "score": hit.score, "rank": hit.rank, "chunk_id": hit.chunk_id,
+        "time_notes": hit.time_notes})
 
 
 class QrmemRetriever(BaseRetriever):

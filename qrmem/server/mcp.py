@@ -64,6 +64,7 @@ class MemoryHit(BaseModel):
     turn_ids: list[str]
     evidence: list[str] = Field(default_factory=list, description=(
         "with rerank: the words of this memory the reranker attended to most, heaviest first"))
+    time_notes: str | None = None  # e.g. "yesterday = 7 May 2023": what the text's relative dates mean
 
 
 class Found(BaseModel):
@@ -163,7 +164,8 @@ def build_mcp(service: MemoryService, user_of: UserOf) -> MCPServer:
                           session_ids=session_ids, after=after, before=before, model=rerank)
         return Found(hits=[MemoryHit(rank=h.rank, score=h.score, text=h.text, session_id=h.session_id,
                                      session_date=h.session_date, turn_ids=list(h.turn_ids),
-                                     evidence=[e.text for e in h.evidence]) for h in hits],
+                                     evidence=[e.text for e in h.evidence], time_notes=h.time_notes)
+                           for h in hits],
                      relevance=hits.relevance)
 
     @tool(title="List memories", read_only_hint=True)

@@ -84,6 +84,8 @@ class HitOut(Out):
     chunk_id: int
     evidence: list[EvidenceOut] = Field(default_factory=list, description=(
         "with rerank (QRRanker): spans of text the reranker attended to most, heaviest first"))
+    time_notes: str | None = Field(default=None, description="relative time expressions of the text grounded "
+                                   "against the session date at ingest, e.g. 'yesterday = 7 May 2023'")
 
 
 class SearchOut(Out):
@@ -154,6 +156,7 @@ class UsedChunkOut(Out):
     turn_ids: list[str]
     score: float
     text: str
+    time_notes: str | None = None
 
 
 class ChatOut(Out):
