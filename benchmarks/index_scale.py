@@ -33,7 +33,9 @@ from memory import HashingEmbedder, Memory
 from store import SessionIn
 from store.admin import CreateDatabase, DropDatabase
 
-WORDS = ["cat", "kitten", "miso", "marathon", "lisbon", "october", "painting", "sunrise", "support", "group", "caroline", "melanie", "dog", "hiking", "tea", "pottery", "concert", "guitar", "beach", "camping", "sister", "brother", "birthday", "cake", "garden", "rain", "school", "teacher", "museum", "photo", "trip", "mountain", "river", "book", "novel", "chess", "piano", "job", "interview"]
+WORDS = ("cat kitten miso marathon lisbon october painting sunrise support group caroline melanie dog "
+         "hiking tea pottery concert guitar beach camping sister brother birthday cake garden rain "
+         "school teacher museum photo trip mountain river book novel chess piano job interview").split()
 QUERIES = ["when is the marathon in lisbon", "what is the kitten called", "pottery class with tea",
            "birthday cake for my sister", "camping trip to the mountain", "piano and chess at school"]
 

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory.metrics import ndcg_at_k, recall_at_k
+from memory.metrics import ndcg_at_k, recall_at_k  # noqa: E402
 
 
 def load(folder: str) -> tuple[str, dict[str, dict]]:

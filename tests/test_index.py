@@ -12,7 +12,8 @@ from memory import HashingEmbedder, Memory
 from store import SessionIn, Store
 from store.store import CHANGE_WINDOW
 
-WORDS = ["cat", "kitten", "miso", "marathon", "lisbon", "october", "painting", "sunrise", "support", "group", "caroline", "melanie", "dog", "hiking", "tea", "pottery", "concert", "guitar", "beach", "camping"]
+WORDS = ("cat kitten miso marathon lisbon october painting sunrise support group caroline melanie "
+         "dog hiking tea pottery concert guitar beach camping").split()
 QUERIES = ["kitten miso", "marathon in october", "pottery and tea", "camping beach guitar", "support group"]
 
 

@@ -32,7 +32,7 @@ def _snippets(section: str) -> list[str]:
     readme = (ROOT / "README.md").read_text()
     start = readme.index(f"## {section}\n")
     end = readme.index("\n## ", start + 1)
-    return re.findall(r"```python\n(.*?)```", readme[start:end], re.DOTALL)
+    return re.findall(r"```python\n(.*?)```", readme[start:end], re.S)
 
 
 @pytest.mark.parametrize("index", range(3))

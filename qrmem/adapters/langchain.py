@@ -16,16 +16,16 @@ from ._deps import require
 
 require("langchain_core", "langchain")
 
-from langchain_core.callbacks import (
+from langchain_core.callbacks import (  # noqa: E402
     AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForRetrieverRun,
     Callbacks,
 )
-from langchain_core.documents import BaseDocumentCompressor, Document
-from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
+from langchain_core.retrievers import BaseRetriever  # noqa: E402
+from pydantic import ConfigDict, Field  # noqa: E402
 
-from memory import DEFAULT_RERANK_K, Memory, Reranker, SearchHit
+from memory import DEFAULT_RERANK_K, Memory, Reranker, SearchHit  # noqa: E402
 
 
 def hit_document(hit: SearchHit) -> Document:

@@ -28,7 +28,7 @@ from ._deps import require
 
 require("langgraph.store.base", "langgraph")
 
-from langgraph.store.base import (
+from langgraph.store.base import (  # noqa: E402
     BaseStore,
     GetOp,
     Item,
@@ -40,9 +40,9 @@ from langgraph.store.base import (
     SearchOp,
 )
 
-from memory import Memory
-from store import NotFoundError
-from store.errors import InputError
+from memory import Memory  # noqa: E402
+from store import NotFoundError  # noqa: E402
+from store.errors import InputError  # noqa: E402
 
 SPEAKER = "value"  # the speaker of an item's one turn
 UNINDEXED = "value-unindexed"  # put(..., index=False): found by get and listing, never by a query

@@ -20,10 +20,10 @@ from ._deps import require
 
 require("mem0.reranker.base", "mem0")
 
-from mem0.reranker.base import BaseReranker
+from mem0.reranker.base import BaseReranker  # noqa: E402
 
-from memory import Reranker, load_reranker
-from store.errors import InputError
+from memory import Reranker, load_reranker  # noqa: E402
+from store.errors import InputError  # noqa: E402
 
 TEXT_KEYS = ("memory", "text", "content")  # where mem0's documents keep their text, in that order
 
