@@ -15,6 +15,7 @@ from agent.evaluation import EvalConfig, run
 from agent.locomo import TINY
 from memory import Evidence, HashingEmbedder, Memory, QRRanker, highlight
 from memory.generators import Generator
+from memory.memory import with_time_notes
 from memory.qr.evidence import word_span
 from memory.qr.scoring import best_windows
 from qrmem.cli import app
@@ -151,14 +152,14 @@ def test_evidence_across_windows(tiny_lm) -> None:
 # -- Memory, CLI, LoCoMo -------------------------------------------------------------------------------
 
 def test_memory_search_hits_carry_evidence(ranker: QRRanker, tmp_path: Path) -> None:
-    mem = Memory(str(tmp_path / "m.db"), embedder=HashingEmbedder(64), reranker=ranker)
+    mem = Memory(str(tmp_path / "m.db"), embedder=HashingEmbedder(64), reranker=ranker, fusion_weight=0)  # the reranker's own order
     mem.add_session("u", [{"speaker": "u", "text": d} for d in DOCS + UNICODE[:3]], session_id="s1",
                     date="1 May 2024")
     first = mem.search("u", "kitten Miso marathon", k=5)
     assert all(h.evidence == () for h in first)
     hits = mem.search("u", "kitten Miso marathon", k=3, rerank=True, rerank_k=5)
     expected = ranker.rank("kitten Miso marathon", [h.text for h in first],
-                           contexts=[h.session_date for h in first], evidence=True)
+                           contexts=[with_time_notes(h.session_date, h.time_notes) for h in first], evidence=True)
     assert [h.evidence for h in hits] == [r.evidence for r in expected.top_k(3)]
     for h in hits:
         assert h.evidence and all(h.text[e.start:e.end] == e.text for e in h.evidence)

@@ -140,7 +140,7 @@ def test_heads_file_in_model_dir_is_used(tiny_lm, tmp_path: Path) -> None:
 
 
 def test_memory_search_reranks_the_first_stage(db: str, ranker: QRRanker) -> None:
-    mem = Memory(db, embedder=HashingEmbedder(64), reranker=ranker)
+    mem = Memory(db, embedder=HashingEmbedder(64), reranker=ranker, fusion_weight=0)  # the reranker's order
     mem.add_session("u", [{"speaker": "u", "text": d} for d in DOCS], session_id="s1", date="1 May 2024")
     first = mem.search("u", "kitten Miso marathon", k=4)
     reranked = mem.search("u", "kitten Miso marathon", k=3, rerank=True, rerank_k=4)
@@ -151,6 +151,17 @@ def test_memory_search_reranks_the_first_stage(db: str, ranker: QRRanker) -> Non
     assert [h.rank for h in reranked] == [1, 2, 3]
     assert reranked[0].score == pytest.approx(expected[0].score)
     assert mem.search("nobody", "x", rerank=True) == []
+    # Fused (the default): the reranker's scores and the first-stage order, standardised and summed.
+    from memory import DEFAULT_FUSION_WEIGHT, fuse_with_first_stage
+
+    mem.fusion_weight = DEFAULT_FUSION_WEIGHT
+    fused = mem.search("u", "kitten Miso marathon", k=4, rerank=True, rerank_k=4)
+    raw = [0.0] * 4
+    for r in expected:
+        raw[r.index] = r.score
+    want = fuse_with_first_stage(raw, DEFAULT_FUSION_WEIGHT)
+    assert [h.score for h in fused] == pytest.approx(sorted(want.tolist(), reverse=True))
+    assert [h.text for h in fused] == [first[i].text for i in sorted(range(4), key=lambda i: (-want[i], i))]
 
 
 def test_cli_rank_candidates_and_records(tiny_lm, tmp_path: Path) -> None:
