@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--eval-questions", type=int, default=160, help="the first N of the 160 held-out questions")
     ap.add_argument("--top", type=int, default=8, help="heads per budget")
     ap.add_argument("--no-budgets", action="store_true", help="skip the layer budgets (two all-layer passes)")
+    ap.add_argument("--heads", default=None,
+                    help="also score these untrained heads (raw mass) in float32 and bf16, e.g. a budget's top-8")
     args = ap.parse_args()
 
     import torch
@@ -100,6 +102,9 @@ def main() -> None:
     collect("shipped", QRRanker.load(dtype="float32"), eval_c, score)
     collect("int8", QRRanker.load(quantize="int8"), eval_c, score)
     collect("bf16", QRRanker.load(dtype="bfloat16"), eval_c, score)
+    if args.heads:
+        collect("heads fp32", QRRanker.load(heads=args.heads, calibrate=False, dtype="float32"), eval_c, score)
+        collect("heads bf16", QRRanker.load(heads=args.heads, calibrate=False, dtype="bfloat16"), eval_c, score)
     if args.no_budgets:
         report(args, store, eval_c, None)
         return
@@ -134,6 +139,10 @@ def report(args, store, eval_c, seed_c) -> None:
     out["bf16_kendall_tau"] = {"median": round(float(np.median(taus)), 4), "mean": round(float(np.mean(taus)), 4),
                                "top1_agree": round(float(np.mean([np.argmax(a) == np.argmax(b)
                                                                   for a, b in zip(shipped, bf16)])), 4)}
+    if args.heads:
+        a, b = arr("heads fp32", len(eval_c)), arr("heads bf16", len(eval_c))
+        out["heads"] = {"heads": args.heads, "float32": evaluate(a, eval_c), "bf16": evaluate(b, eval_c),
+                        "bf16_kendall_tau_median": round(float(np.median([kendall_tau(x, y) for x, y in zip(a, b)])), 4)}
     if seed_c is not None:
         seed, held = arr("seed", len(seed_c)), arr("eval", len(eval_c))
         gold = [c.gold_mask() for c in seed_c]

@@ -103,9 +103,10 @@ def batch_rows_attention(query: torch.Tensor, key: torch.Tensor, scaling: float,
     valid = step[None, :] < lens[:, None]  # (B, Qm): real rows; the rest repeat a real row
     idx = torch.minimum(starts[:, None] + step[None, :], (starts + lens - 1)[:, None])  # (B, Qm)
     q_rows = query.gather(2, idx[:, None, :, None].expand(B, H, q_max, D))  # (B, H, Qm, D)
-    probs = query_row_attention(q_rows, key, scaling, idx + offset)  # (B, H, Qm, T)
+    probs = query_row_attention(q_rows, key, scaling, idx + offset)  # (B, H, Qm, T), float32
     weights = valid.to(probs.dtype) / lens[:, None].to(probs.dtype)  # (B, Qm)
-    return torch.einsum("bhqt,bq->bht", probs, weights)
+    with torch.autocast(query.device.type, enabled=False):
+        return torch.einsum("bhqt,bq->bht", probs, weights)
 
 
 OUTPUT_UNUSED = "qrmem_output_unused"  # set on the attention module whose output nothing reads

@@ -23,13 +23,14 @@ def query_row_attention(q: torch.Tensor, k: torch.Tensor, scaling: float,
     assert H % KVH == 0 and k.shape[0] == B and k.shape[3] == D, (q.shape, k.shape)
     rep = H // KVH
     qg = q.float().reshape(B, KVH, rep * Q, D)  # (B, KVH, rep*Q, D): heads of a KV group stacked
-    logits = torch.matmul(qg, k.float().transpose(-1, -2)) * scaling  # (B, KVH, rep*Q, T)
-    logits = logits.view(B, H, Q, T)
-    future = torch.arange(T, device=q.device) > q_positions.to(q.device)[..., None]  # ([B,] Q, T)
-    if future.dim() == 3:
-        future = future[:, None]  # (B, 1, Q, T)
-    logits = logits.masked_fill(future, float("-inf"))
-    return logits.softmax(dim=-1)
+    with torch.autocast(q.device.type, enabled=False):  # float32 even inside an autocast region
+        logits = torch.matmul(qg, k.float().transpose(-1, -2)) * scaling  # (B, KVH, rep*Q, T)
+        logits = logits.view(B, H, Q, T)
+        future = torch.arange(T, device=q.device) > q_positions.to(q.device)[..., None]  # ([B,] Q, T)
+        if future.dim() == 3:
+            future = future[:, None]  # (B, 1, Q, T)
+        logits = logits.masked_fill(future, float("-inf"))
+        return logits.softmax(dim=-1)
 
 
 def span_index(spans: Sequence[tuple[int, int]], length: int, device: torch.device | str = "cpu") -> torch.Tensor:
