@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from memory import (
-    DEFAULT_FUSION_WEIGHT,
     DEFAULT_RERANK_K,
     Generator,
     Memory,
@@ -315,7 +314,7 @@ def build_and_run(*, out: str | Path, data: str | Path | None = None, conversati
                   categories: list[int] | None = None, answer: bool = True,
                   db: str | None = None, embedder: str | None = None, progress: bool = True,
                   abstain_below: float | None = DEFAULT_ABSTAIN_BELOW,
-                  fusion_weight: float = DEFAULT_FUSION_WEIGHT,
+                  fusion_weight: float | None = None,
                   temporal: bool = True) -> dict[str, Any]:
     """Everything `qrmem eval locomo` and `demos/locomo_demo.py` do, from plain options. Without
     `data`: the public file with `download_public`, else the tiny conversation shipped with qrmem.

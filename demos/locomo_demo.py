@@ -14,7 +14,7 @@ from pathlib import Path
 from agent import DEFAULT_ABSTAIN_BELOW
 from agent.evaluation import build_and_run, parse_categories, report
 from agent.locomo import parse_conversations
-from memory import DEFAULT_FUSION_WEIGHT, DEFAULT_RERANK_K
+from memory import DEFAULT_RERANK_K
 
 # The demo (not the library) knows where the repository's neighbours keep the LoCoMo dev file.
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
@@ -32,8 +32,8 @@ ap.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g.
 ap.add_argument("--summaries", action="store_true", help="roll summaries and give them to the reranker")
 ap.add_argument("--categories", default=None, help="question categories, e.g. 1,2,3,4 (default: all)")
 ap.add_argument("--no-answer", action="store_true", help="retrieval only: skip the generator, no F1")
-ap.add_argument("--fusion-weight", type=float, default=DEFAULT_FUSION_WEIGHT,
-                help="first-stage order fused with the reranker's scores (0: reranker alone)")
+ap.add_argument("--fusion-weight", type=float, default=None,
+                help="first-stage order fused with the reranker's scores (0: reranker alone) [default: the reranker's own]")
 ap.add_argument("--abstain-below", default=str(DEFAULT_ABSTAIN_BELOW),
                 help="answer 'no memory' below this search relevance, or none (never)")
 ap.add_argument("--no-temporal", action="store_true",

@@ -42,7 +42,7 @@ from store.store import SECURE_DELETE_WAIT
 from .attribution import attribution
 from .embedders import Embedder, load_embedder, load_stored_embedder
 from .filters import SearchFilter, parse_session_date
-from .fusion import DEFAULT_FUSION_WEIGHT, fuse_with_first_stage
+from .fusion import fuse_with_first_stage
 from .ranking import Reranker
 from .rerankers import load_reranker
 from .retrieval import (
@@ -80,7 +80,7 @@ class Memory:
                  rerank_context: Literal["date", "summary", "none"] = "date",
                  secure_delete: bool = False, secure_delete_wait: float = SECURE_DELETE_WAIT,
                  create: bool = True, index_cache_bytes: int = DEFAULT_INDEX_BYTES,
-                 fusion_weight: float = DEFAULT_FUSION_WEIGHT, temporal: bool = True) -> None:
+                 fusion_weight: float | None = None, temporal: bool = True) -> None:
         if first_stage not in SEARCH_MODES:
             raise InputError(f"unknown first stage {first_stage!r}; choose one of {SEARCH_MODES}")
         self.store = db if isinstance(db, Store) else Store(
@@ -98,10 +98,11 @@ class Memory:
         if rerank_context not in ("date", "summary", "none"):
             raise InputError(f"rerank_context must be date, summary or none, got {rerank_context!r}")
         self.rerank_context = rerank_context
-        if (isinstance(fusion_weight, bool) or not isinstance(fusion_weight, (int, float))
-                or not 0 <= fusion_weight < float("inf")):
-            raise InputError(f"fusion_weight must be a number >= 0 (0: the reranker's order alone), got {fusion_weight!r}")
-        self.fusion_weight = float(fusion_weight)
+        if fusion_weight is not None and (isinstance(fusion_weight, bool) or not isinstance(fusion_weight, (int, float))
+                                          or not 0 <= fusion_weight < float("inf")):
+            raise InputError("fusion_weight must be None (the reranker's own) or a number >= 0 (0: the "
+                             f"reranker's order alone), got {fusion_weight!r}")
+        self.fusion_weight = None if fusion_weight is None else float(fusion_weight)
         if not isinstance(temporal, bool):
             raise InputError(f"temporal must be True or False, got {temporal!r}")
         self.temporal = temporal  # ground relative time expressions at ingest (memory.temporal)
@@ -353,7 +354,8 @@ class Memory:
 
         With `rerank`, the first-stage top `rerank_k` (default `self.rerank_k`) are reranked
         listwise by `self.reranker`; its scores are fused with the first-stage order
-        (`fusion_weight`, see `memory.fusion.fuse_with_first_stage`; 0 keeps the reranker's order),
+        (`fusion_weight`, else the reranker's own `fusion_weight`: 0.3 for QRRanker, 0 for plug-ins;
+        see `memory.fusion.fuse_with_first_stage`; 0 keeps the reranker's order),
         and the best `k` are returned with the fused scores and, from a reranker that gives them
         (QRRanker), each hit's `evidence`: the spans of its text the reranker attended to most. When
         the reranker's scores are attention mass (QRRanker), the results carry `relevance`
@@ -376,7 +378,8 @@ class Memory:
             raw, evidence = [0.0] * len(first), [()] * len(first)
             for r in ranked:
                 raw[r.index], evidence[r.index] = r.score, r.evidence
-            fused = fuse_with_first_stage(raw, self.fusion_weight).tolist()
+            weight = self.reranker.fusion_weight if self.fusion_weight is None else self.fusion_weight
+            fused = fuse_with_first_stage(raw, weight).tolist()
             order = sorted(range(len(first)), key=lambda i: (-fused[i], i))[:k]
             relevance = attribution(query, texts, raw) if self.reranker.score_is_mass else None
             return SearchResults((replace(first[i], rank=n, score=fused[i], evidence=evidence[i])

@@ -66,6 +66,9 @@ class Reranker(ABC):
     #: True when scores are non-negative masses that can be shared out among candidates (attention
     #: mass, as QRRanker's): `Memory.search` then reports `SearchResults.relevance`.
     score_is_mass: bool = False
+    #: Weight of the first-stage order fused with this reranker's scores in `Memory.search` (see
+    #: `memory.fusion.fuse_with_first_stage`), chosen for this reranker; 0 keeps its order alone.
+    fusion_weight: float = 0.0
 
     @abstractmethod
     def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,

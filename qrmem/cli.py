@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from memory.fusion import DEFAULT_FUSION_WEIGHT
 from memory.ranking import highlight
 from memory.retrieval import DEFAULT_RERANK_K
 from store.errors import InputError, QrmemError
@@ -52,8 +51,9 @@ DbOpt = Annotated[str | None, typer.Option(
     help="SQLite file or SQLAlchemy URL [default: $QRMEM_DB or the user data dir]")]
 UserOpt = Annotated[str, typer.Option("--user", "-u", callback=_given, help="user (conversation owner) id")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-FusionOpt = Annotated[float, typer.Option(
-    "--fusion-weight", min=0.0, help="weight of the first-stage order fused with the reranker's scores (0: reranker alone)")]
+FusionOpt = Annotated[float | None, typer.Option(
+    "--fusion-weight", min=0.0,
+    help="weight of the first-stage order fused with the reranker's scores (0: reranker alone) [default: the reranker's own, 0.3 for QRRanker]")]
 
 
 def _abstain(value: str | None) -> str | None:
@@ -305,7 +305,7 @@ def search(
     rerank: Annotated[bool, typer.Option("--rerank", help="rerank the first stage (QRRanker unless --reranker)")] = False,
     rerank_k: Annotated[int, typer.Option("--rerank-k", help="first-stage candidates to rerank")] = DEFAULT_RERANK_K,
     reranker: Annotated[str, typer.Option(help="with --rerank: qr, qr:PATH, or a plug-in's NAME[:ARG]")] = "qr",
-    fusion_weight: FusionOpt = DEFAULT_FUSION_WEIGHT,
+    fusion_weight: FusionOpt = None,
     as_json: JsonOpt = False,
     session: Annotated[list[str] | None, typer.Option(
         "--session", metavar="ID", help="only this session (repeat for several)")] = None,
@@ -517,7 +517,7 @@ def chat(
     top_n: Annotated[int, typer.Option(help="memories given to the generator")] = 3,
     rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="rerank with QRRanker")] = True,
     summarize: Annotated[bool, typer.Option("--summarize/--no-summarize", help="roll summaries at the end")] = True,
-    fusion_weight: FusionOpt = DEFAULT_FUSION_WEIGHT,
+    fusion_weight: FusionOpt = None,
     abstain_below: AbstainOpt = None,
 ) -> None:
     """Chat with persistent memory: each exchange is stored; memory carries over between runs.
@@ -588,7 +588,7 @@ def eval_locomo(
         callback=_given, help="question categories, e.g. 1,2,3,4 [default: all]")] = None,
     no_answer: Annotated[bool, typer.Option("--no-answer", help="retrieval only: skip the generator, no F1")] = False,
     download: Annotated[bool, typer.Option("--download", help="fetch the public locomo10.json (needs network)")] = False,
-    fusion_weight: FusionOpt = DEFAULT_FUSION_WEIGHT,
+    fusion_weight: FusionOpt = None,
     abstain_below: AbstainOpt = None,
     temporal: TemporalOpt = True,
 ) -> None:

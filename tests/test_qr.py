@@ -154,7 +154,8 @@ def test_memory_search_reranks_the_first_stage(db: str, ranker: QRRanker) -> Non
     # Fused (the default): the reranker's scores and the first-stage order, standardised and summed.
     from memory import DEFAULT_FUSION_WEIGHT, fuse_with_first_stage
 
-    mem.fusion_weight = DEFAULT_FUSION_WEIGHT
+    mem.fusion_weight = None  # the reranker's own weight: QRRanker's is the shipped default
+    assert ranker.fusion_weight == DEFAULT_FUSION_WEIGHT > 0
     fused = mem.search("u", "kitten Miso marathon", k=4, rerank=True, rerank_k=4)
     raw = [0.0] * 4
     for r in expected:

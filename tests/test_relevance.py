@@ -98,6 +98,15 @@ def test_reranked_search_carries_relevance_and_fuses_with_the_first_stage(db: st
     assert [h.chunk_id for h in fused] == [h.chunk_id for h in first]
     with pytest.raises(InputError, match="fusion_weight"):
         Memory(db, fusion_weight=-1)
+    # Without a weight, Memory takes the reranker's own: none for a plug-in, its choice otherwise.
+    query = "What did Caroline realize after her charity race?"
+    own = Memory(db, embedder=HashingEmbedder(64), reranker=WordMass())
+    assert own.fusion_weight is None and WordMass.fusion_weight == 0.0
+    alone = own.search("u", query, k=4, rerank=True, rerank_k=4)
+    mem.fusion_weight = 0.0
+    assert [h.chunk_id for h in alone] == [h.chunk_id for h in mem.search("u", query, k=4, rerank=True, rerank_k=4)]
+    leaning = Memory(db, embedder=HashingEmbedder(64), reranker=type("Leaning", (WordMass,), {"fusion_weight": 1000.0})())
+    assert [h.chunk_id for h in leaning.search("u", query, k=4, rerank=True, rerank_k=4)] == [h.chunk_id for h in first]
 
 
 def test_agent_says_it_has_no_memory_when_the_memories_were_said_by_someone_else(db: str) -> None:

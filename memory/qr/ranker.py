@@ -72,6 +72,7 @@ class QRRanker(Reranker):
     """Reranks candidates with the summed, calibrated attention of a few QR heads of a causal LM."""
 
     score_is_mass = True
+    fusion_weight = 0.3  # chosen by conversation-level cross-validation on LoCoMo (README: quality)
 
     def __init__(self, model: Any, tokenizer: Any, config: QRConfig, *, name: str = "qr",
                  n_model_layers: int | None = None) -> None:

@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from memory import Generator, ModelLoadError, Reranker, load_generator, load_reranker
+from memory import Generator, ModelLoadError, QRRanker, Reranker, load_generator, load_reranker
 from memory.generators import GenerationOptions, Message
 from memory.ranking import RankedResults
 
@@ -90,7 +90,9 @@ class ProcessReranker(Reranker):
 
     def __init__(self, process: ModelProcess, name: str) -> None:
         self.process, self.name = process, name
-        self.score_is_mass = name.partition(":")[0] == "qr"  # QRRanker: attention mass (relevance)
+        is_qr = name.partition(":")[0] == "qr"
+        self.score_is_mass = is_qr  # QRRanker: attention mass (relevance)
+        self.fusion_weight = QRRanker.fusion_weight if is_qr else 0.0
 
     def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
               summary: str | None = None) -> list[float]:
