@@ -191,3 +191,25 @@ def test_the_servers_reranker_runs_concurrent_searches_in_one_pass(tiny_lm, tmp_
         want = {r.index: r.score for r in direct.rank(q, d)}
         assert all(abs(r.score - want[r.index]) < 0.05 for r in ranked)
         assert all(e.text for r in ranked for e in r.evidence)
+
+
+def test_locomo_harness_records_relevance_and_abstains_without_the_generator(tmp_path) -> None:
+    import json as _json
+
+    from agent.evaluation import EvalConfig, run
+    from agent.locomo import TINY
+
+    gen = Counting()
+    mem = Memory(str(tmp_path / "m.db"), embedder=HashingEmbedder(64), reranker=WordMass())
+    cfg = EvalConfig(out=tmp_path / "out", data=TINY, rerank_k=5, top_n=2, abstain_below=0.7)
+    summary = run(cfg, mem, gen)
+    rows = _json.loads((tmp_path / "out" / "results.json").read_text())["questions"]
+    assert all({"relevance", "abstained"} <= set(r) for r in rows)
+    abstained = [r for r in rows if r["abstained"]]
+    assert abstained and all(r["prediction"] == NO_MEMORY and r["relevance"] < 0.7 for r in abstained)
+    assert all(not r["abstained"] for r in rows if r["relevance"] is None or r["relevance"] >= 0.7)
+    assert gen.calls == len(rows) - len(abstained)  # no generator call for an abstention
+    answerable = [r for r in rows if r["category"] != 5]
+    assert summary["abstention"]["answerable"] == round(sum(r["abstained"] for r in answerable) / len(answerable), 4)
+    assert summary["abstention"]["abstain_below"] == 0.7
+    assert "abstained, adversarial (5) / answerable (1-4)" in (tmp_path / "out" / "report.md").read_text()
