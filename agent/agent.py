@@ -116,7 +116,7 @@ class MemoryAgent:
         t0 = time.perf_counter()
         hits = self.memory.search(user_id, message, k=self.top_n, rerank=self.rerank, rerank_k=self.rerank_k)
         t1 = time.perf_counter()
-        relevance = getattr(hits, "relevance", None)
+        relevance = hits.relevance
         abstained = should_abstain(relevance, self.abstain_below)
         context = memory_block(hits) if hits else "(no memories yet)"
         reply = NO_MEMORY if abstained else self.generator.complete([

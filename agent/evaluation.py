@@ -146,7 +146,7 @@ def answer_one(cfg: EvalConfig, memory: Memory, generator: Generator, user: str,
     t2 = time.perf_counter()
     top = ranked[: cfg.top_n]
     memories = memory_block(top)
-    relevance = getattr(ranked, "relevance", None)
+    relevance = ranked.relevance
     abstained = should_abstain(relevance, cfg.abstain_below)
     prediction = (None if not cfg.answer else NO_MEMORY if abstained else generator.complete(
         [{"role": "user", "content": QA_PROMPT.format(memories=memories, question=question)}],

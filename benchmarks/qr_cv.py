@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.locomo import first_stage_candidates, locomo_questions
-from memory import Memory
-from memory.attribution import attribution
-from memory.fusion import DEFAULT_FUSION_WEIGHT, fuse_with_first_stage
+from memory import DEFAULT_FUSION_WEIGHT, Memory
+from memory.attribution import asked_speaker, attribution, speaker_of
+from memory.fusion import fuse_with_first_stage
 from memory.metrics import ndcg_at_k, recall_at_k
 from store.files import write_private
 
@@ -241,11 +241,6 @@ should will can may might must just also"""
 STOP = frozenset(_STOP_WORDS.split())
 
 
-def speaker(text: str) -> str | None:
-    head, sep, _ = text.partition(":")
-    return head.strip() if sep and 0 < len(head) <= 40 else None
-
-
 def abstention_features(q, heads) -> dict[str, float]:
     """Signals of one question that may separate "never said" (category 5) from answerable ones."""
     s = head_sum(q, heads)
@@ -256,17 +251,14 @@ def abstention_features(q, heads) -> dict[str, float]:
     feats = {"max QR score": float(s.max()), "top1-top2 margin": float(srt[0] - srt[1]),
              "QR entropy": float(-(p * np.log(p + 1e-12)).sum()),
              "head disagreement (share of heads whose top differs)": float((winners != s.argmax()).mean())}
-    speakers = [speaker(t) for t in q["texts"]]
-    names = sorted({x for x in speakers if x})
-    words = {w.strip("?.,!'").lower() for w in q["question"].replace("'s", " ").split()}
-    asked = [n for n in names if n.split()[0].lower() in words]
+    speakers = [speaker_of(t) for t in q["texts"]]
+    person = asked_speaker(q["question"], sorted({x for x in speakers if x}))
     tokens = [t.replace("\u0120", " ").strip().lower() for t in q["query_tokens"]]
     shipped_signal = attribution(q["question"], q["texts"], s)
     if shipped_signal is not None:  # exactly what SearchResults.relevance reports (low = abstain)
         feats["relevance (memory.attribution), negated"] = -shipped_signal
-    if len(asked) != 1:
+    if person is None:
         return feats  # the speaker signals need exactly one person asked about
-    person = asked[0]
     other = np.array([sp is not None and sp != person for sp in speakers])
     first = person.split()[0].lower()
     subj = [i for i, t in enumerate(tokens) if t and (first.startswith(t) and len(t) >= 2)]

@@ -12,7 +12,6 @@ from .embedders import (
 from .errors import GenerationError, MissingDependencyError, ModelLoadError
 from .filters import SearchFilter, parse_session_date
 from .fusion import (
-    DEFAULT_FUSION_WEIGHT,
     dense_scores,
     fuse_with_first_stage,
     rrf,
@@ -33,6 +32,8 @@ from .rerankers import RERANKERS, load_reranker
 from .retrieval import DEFAULT_RERANK_K, SEARCH_MODES, index_text
 from .summaries import Summarizer
 from .types import IngestReport, ReindexReport, SearchHit, SearchResults
+
+DEFAULT_FUSION_WEIGHT = QRRanker.fusion_weight  # the embedded reranker's, chosen by cross-validation
 
 __all__ = [
     "DEFAULT_FUSION_WEIGHT",

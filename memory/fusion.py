@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DEFAULT_FUSION_WEIGHT = 0.3  # QRRanker's (`QRRanker.fusion_weight`): chosen by cross-validation (README)
 DENSE_DECIMALS = 6  # cosine scores are kept to 1e-6: BLAS rounds the last bits by where a row sits
 
 

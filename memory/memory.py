@@ -41,9 +41,9 @@ from store.store import SECURE_DELETE_WAIT
 
 from .attribution import attribution
 from .embedders import Embedder, load_embedder, load_stored_embedder
-from .filters import SearchFilter, parse_session_date
+from .filters import SearchFilter
 from .fusion import fuse_with_first_stage
-from .ranking import Reranker
+from .ranking import Reranker, ranked
 from .rerankers import load_reranker
 from .retrieval import (
     DEFAULT_INDEX_BYTES,
@@ -211,7 +211,7 @@ class Memory:
     def _ground(self, session: SessionIn, chunks: list[ChunkIn]) -> list[ChunkIn]:
         """The chunks with their relative time expressions grounded against the session date
         (`memory.temporal`), when `temporal` is on; as they are otherwise."""
-        if not self.temporal or parse_session_date(session.date) is None:
+        if not self.temporal:
             return chunks
         return [replace(c, time_notes=notes_text(ground(c.text, session.date))) for c in chunks]
 
@@ -374,16 +374,15 @@ class Memory:
                 return SearchResults()
             contexts, summary = self._rerank_context(user_id, first)
             texts = [h.text for h in first]
-            ranked = self.reranker.rank(query, texts, contexts=contexts, summary=summary, evidence=True)
+            scored = self.reranker.rank(query, texts, contexts=contexts, summary=summary, evidence=True)
             raw, evidence = [0.0] * len(first), [()] * len(first)
-            for r in ranked:
+            for r in scored:
                 raw[r.index], evidence[r.index] = r.score, r.evidence
             weight = self.reranker.fusion_weight if self.fusion_weight is None else self.fusion_weight
-            fused = fuse_with_first_stage(raw, weight).tolist()
-            order = sorted(range(len(first)), key=lambda i: (-fused[i], i))[:k]
+            fused = ranked(query, texts, fuse_with_first_stage(raw, weight).tolist(), evidence)
             relevance = attribution(query, texts, raw) if self.reranker.score_is_mass else None
-            return SearchResults((replace(first[i], rank=n, score=fused[i], evidence=evidence[i])
-                                  for n, i in enumerate(order, start=1)), relevance=relevance)
+            return SearchResults((replace(first[r.index], rank=r.rank, score=r.score, evidence=r.evidence)
+                                  for r in fused.top_k(k)), relevance=relevance)
         mode = mode or self.first_stage
         if mode not in SEARCH_MODES:
             raise InputError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")

@@ -164,7 +164,7 @@ def test_the_servers_reranker_runs_concurrent_searches_in_one_pass(tiny_lm, tmp_
     import threading
 
     from memory import QRRanker
-    from qrmem.server.model_process import BatchingReranker, ModelProcess
+    from qrmem.server.model_process import ProcessReranker, ModelProcess
 
     model = tmp_path / "tiny"
     shutil.copytree(tiny_lm("llama"), model)
@@ -173,7 +173,7 @@ def test_the_servers_reranker_runs_concurrent_searches_in_one_pass(tiny_lm, tmp_
     jobs = [(f"about {w}?", [f"This is about {v}." for v in words[: i + 2]]) for i, w in enumerate(words[:6])]
     process = ModelProcess(f"qr:{model}", None)
     try:
-        batcher = BatchingReranker(process, f"qr:{model}", max_batch=4, max_wait=0.3)
+        batcher = ProcessReranker(process, f"qr:{model}", max_batch=4, max_wait=0.3)
         got: dict[int, object] = {}
         threads = [threading.Thread(target=lambda i=i, q=q, d=d: got.__setitem__(i, batcher.rank(q, d, evidence=True)))
                    for i, (q, d) in enumerate(jobs)]

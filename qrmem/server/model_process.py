@@ -23,7 +23,14 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from memory import Generator, ModelLoadError, QRRanker, Reranker, load_generator, load_reranker
+from memory import (
+    Generator,
+    ModelLoadError,
+    QRRanker,
+    Reranker,
+    load_generator,
+    load_reranker,
+)
 from memory.generators import GenerationOptions, Message
 from memory.ranking import RankedResults
 
@@ -46,11 +53,6 @@ def _start(reranker: str | None, generator: tuple[str, str | None, str | None] |
 
 def _score(query: str, docs: list[str], contexts: list[str | None] | None, summary: str | None) -> list[float]:
     return [float(s) for s in _loaded["reranker"].score(query, docs, contexts=contexts, summary=summary)]
-
-
-def _rank(query: str, docs: list[str], contexts: list[str | None] | None, summary: str | None,
-          evidence: bool) -> RankedResults:
-    return _loaded["reranker"].rank(query, docs, contexts=contexts, summary=summary, evidence=evidence)
 
 
 def _rank_many(jobs: list[tuple[str, list[str], list[str | None] | None, str | None, bool]]) -> list[RankedResults]:
@@ -85,26 +87,6 @@ class ModelProcess:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class ProcessReranker(Reranker):
-    """A `Reranker` whose scoring runs in the model process."""
-
-    def __init__(self, process: ModelProcess, name: str) -> None:
-        self.process, self.name = process, name
-        is_qr = name.partition(":")[0] == "qr"
-        self.score_is_mass = is_qr  # QRRanker: attention mass (relevance)
-        self.fusion_weight = QRRanker.fusion_weight if is_qr else 0.0
-
-    def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
-              summary: str | None = None) -> list[float]:
-        return self.process.call(_score, query, list(docs), None if contexts is None else list(contexts), summary)
-
-    def rank(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
-             summary: str | None = None, evidence: bool = False) -> RankedResults:
-        """The child's reranker's `rank`, so that its evidence spans come back too."""
-        return self.process.call(_rank, query, list(docs), None if contexts is None else list(contexts),
-                                 summary, evidence)
-
-
 class _Job:
     def __init__(self, args: tuple[Any, ...]) -> None:
         self.args, self.done = args, False
@@ -112,15 +94,19 @@ class _Job:
         self.error: BaseException | None = None
 
 
-class BatchingReranker(ProcessReranker):
-    """A `ProcessReranker` whose concurrent `rank` calls share a pass: up to `max_batch` waiting
-    queries go to the model process together and run as one `rank_many` (one right-padded forward
-    pass on the GPU or CPU). No thread waits for a batch to fill: the first caller leads, lets
-    `max_wait` seconds pass for others to join, takes everything waiting (up to `max_batch`), and
-    hands the lead on when its pass returns; the results are those of `rank` for each query."""
+class ProcessReranker(Reranker):
+    """A `Reranker` that runs in the model process, with the child's evidence spans. Concurrent
+    `rank` calls share a pass: up to `max_batch` waiting queries go to the model process together
+    and run as one `rank_many` (one right-padded forward pass on the GPU or CPU). No thread waits for
+    a batch to fill: the first caller leads, lets `max_wait` seconds pass for others to join, takes
+    everything waiting (up to `max_batch`), and hands the lead on when its pass returns; the results
+    are those of `rank` for each query."""
 
     def __init__(self, process: ModelProcess, name: str, *, max_batch: int = 8, max_wait: float = 0.005) -> None:
-        super().__init__(process, name)
+        self.process, self.name = process, name
+        is_qr = name.partition(":")[0] == "qr"
+        self.score_is_mass = is_qr  # QRRanker: attention mass (relevance)
+        self.fusion_weight = QRRanker.fusion_weight if is_qr else 0.0
         if max_batch < 1 or max_wait < 0:
             raise ValueError(f"need max_batch >= 1 and max_wait >= 0, got {max_batch}, {max_wait}")
         self.max_batch, self.max_wait = max_batch, max_wait
@@ -128,6 +114,10 @@ class BatchingReranker(ProcessReranker):
         self._pending: list[_Job] = []
         self._busy = False
         self.batches: list[int] = []  # the size of each pass run (for tests and logs)
+
+    def score(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
+              summary: str | None = None) -> list[float]:
+        return self.process.call(_score, query, list(docs), None if contexts is None else list(contexts), summary)
 
     def rank(self, query: str, docs: Sequence[str], *, contexts: Sequence[str | None] | None = None,
              summary: str | None = None, evidence: bool = False) -> RankedResults:

@@ -31,7 +31,7 @@ from store import (
 from .config import ServeConfig
 from .errors import NotConfiguredError, NotReadyError
 from .lanes import Lane
-from .model_process import BatchingReranker, ModelProcess, ProcessGenerator
+from .model_process import ModelProcess, ProcessGenerator, ProcessReranker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,7 +61,7 @@ class MemoryService:
         if memory is None and (cfg.has_reranker or cfg.generator):
             self.models = ModelProcess(cfg.reranker if cfg.has_reranker else None,
                                        (cfg.generator, cfg.base_url, cfg.api_key_env) if cfg.generator else None)
-        self.memory = memory or Memory(cfg.db, embedder=cfg.embedder, reranker=BatchingReranker(
+        self.memory = memory or Memory(cfg.db, embedder=cfg.embedder, reranker=ProcessReranker(
             self.models, cfg.reranker, max_batch=cfg.rerank_batch, max_wait=cfg.rerank_wait_ms / 1000)
             if self.models and cfg.has_reranker else None)
         self.keys = ApiKeys(self.memory.store)
