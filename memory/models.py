@@ -198,18 +198,63 @@ def pick_device(device: str | None) -> str:
     return device
 
 
+CPU_BF16_ENV = "QRMEM_CPU_BF16"  # 1: bf16 inference on a CPU whenever asked; 0: never; unset: measured
+
+
 def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 matrix products
-    run several times faster than fp32; elsewhere torch emulates them, several times slower."""
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX). Necessary, not sufficient: on
+    some CPUs that have them torch's bf16 matrix products are still slower than fp32 (see
+    `cpu_bf16_faster`); without them torch emulates bf16, several times slower."""
     import torch
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_faster() -> bool:
+    """Whether bf16 inference pays on this CPU: $QRMEM_CPU_BF16 (1 or 0) when set; else the CPU has
+    bf16 instructions *and* a bf16 matrix product of a decoder's shape runs at least 1.3x faster
+    than fp32 here (timed once per process, interleaved, best of 5: about 50 ms)."""
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced is not None and forced.strip() != "":
+        if forced.strip() not in ("0", "1"):
+            raise InputError(f"${CPU_BF16_ENV} must be 1 (use bf16 on this CPU) or 0 (never), got {forced!r}")
+        return forced.strip() == "1"
+    if not native_cpu_bf16():
+        return False
+    fp32, bf16 = _time_linear()
+    faster = bf16 * 1.3 <= fp32
+    log.info("CPU bf16 probe: a (512x576) @ (576x1536) product takes %.2f ms in fp32, %.2f ms in bf16: %s",
+             fp32 * 1e3, bf16 * 1e3, "bf16" if faster else "fp32")
+    return faster
+
+
+def _time_linear() -> tuple[float, float]:
+    """Best-of-5 seconds of one (512 x 576) @ (576 x 1536) product in fp32 and in bf16, interleaved."""
+    import time
+
+    import torch
+
+    x = torch.randn(512, 576)
+    w = torch.randn(1536, 576)
+    pairs = [(x, w), (x.bfloat16(), w.bfloat16())]
+    best = [float("inf"), float("inf")]
+    with torch.inference_mode():
+        for a, b in pairs:  # warm-up: first calls pick and pack kernels
+            torch.nn.functional.linear(a, b)
+        for _ in range(5):
+            for i, (a, b) in enumerate(pairs):
+                t0 = time.perf_counter()
+                torch.nn.functional.linear(a, b)
+                best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0], best[1]
+
+
 def pick_dtype(dtype: str, device: str, *, cpu_bf16: bool = False) -> Any:
     """`auto`: bf16 on a GPU that has it, else fp16 on GPU; on a CPU fp32, or bf16 when `cpu_bf16`
-    (inference that tolerates it) and the CPU has native bf16. Or a name: float32, bfloat16..."""
+    (inference that tolerates it) and bf16 is faster on this CPU (`cpu_bf16_faster`). Or a name:
+    float32, bfloat16..."""
     import torch
 
     if dtype != "auto":
@@ -219,7 +264,7 @@ def pick_dtype(dtype: str, device: str, *, cpu_bf16: bool = False) -> Any:
         return value
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_bf16 and native_cpu_bf16() else torch.float32
+    return torch.bfloat16 if cpu_bf16 and cpu_bf16_faster() else torch.float32
 
 
 def pick_attention(attn: str, device: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,13 @@ def test_cli_heads_detect_under_a_layer_budget(tiny_lm, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["heads", "detect", "--data", str(data), "--out", str(tmp_path / "x.json"),
                                    "--model", str(tiny_lm("llama")), "--max-layer", "-1"])
     assert res.exit_code == 2 and "greater than or equal to 0" in res.output
+    # a model whose own head list reaches above the budget (as the embedded SmolLM2's does) is
+    # detected under it: its list is only a default for detection, not heads asked for
+    own = tmp_path / "own"
+    shutil.copytree(tiny_lm("llama"), own)
+    (own / "qrmem_heads.json").write_text(json.dumps({"heads": ["3-0", "1-1"]}))
+    out = tmp_path / "own-heads.json"
+    res = CliRunner().invoke(app, ["heads", "detect", "--data", str(data), "--top", "3", "--out", str(out),
+                                   "--model", str(own), "--max-layer", "1"])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(np.array(json.loads(out.read_text())["table"]["qr"]), tables[1], atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -228,13 +229,14 @@ def test_layer_budget_at_load(tiny_lm) -> None:
         QRRanker.load(path, heads="1-0", max_layer=-1)
 
 
-def test_auto_dtype_on_a_cpu_is_bf16_only_where_the_cpu_multiplies_bf16_natively(tiny_lm) -> None:
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_bf16_is_faster_there(tiny_lm) -> None:
     import torch
 
-    from memory.models import native_cpu_bf16, pick_dtype
+    from memory.models import cpu_bf16_faster, native_cpu_bf16, pick_dtype
 
     auto = QRRanker.load(str(tiny_lm("llama")), heads="2-1,3-0,1-2", device="cpu")
-    want = torch.bfloat16 if native_cpu_bf16() else torch.float32
+    want = torch.bfloat16 if cpu_bf16_faster() else torch.float32
+    assert not cpu_bf16_faster() or native_cpu_bf16() or os.environ.get("QRMEM_CPU_BF16") == "1"
     assert {p.dtype for p in auto.model.parameters()} == {want}
     assert pick_dtype("auto", "cpu") is torch.float32  # only inference that asks for it gets bf16
     assert pick_dtype("auto", "cpu", cpu_bf16=True) is want
@@ -244,6 +246,29 @@ def test_auto_dtype_on_a_cpu_is_bf16_only_where_the_cpu_multiplies_bf16_natively
     docs = ["Ana adopted a kitten called Miso.", "Ben repainted the fence.", "The weather was rainy."]
     np.testing.assert_allclose(auto.score("kitten name?", docs), fp32.score("kitten name?", docs),
                                rtol=0.05, atol=0.02)
+
+
+def test_cpu_bf16_can_be_forced_either_way_and_a_bad_value_says_what_to_set(tiny_lm, monkeypatch) -> None:
+    import torch
+
+    from memory import models
+
+    models.cpu_bf16_faster.cache_clear()
+    try:
+        monkeypatch.setenv("QRMEM_CPU_BF16", "1")
+        assert models.pick_dtype("auto", "cpu", cpu_bf16=True) is torch.bfloat16
+        forced = QRRanker.load(str(tiny_lm("llama")), heads="2-1,3-0,1-2", device="cpu")
+        assert {p.dtype for p in forced.model.parameters()} == {torch.bfloat16}
+        assert models.pick_dtype("auto", "cpu") is torch.float32  # training and int8 stay fp32
+        models.cpu_bf16_faster.cache_clear()
+        monkeypatch.setenv("QRMEM_CPU_BF16", "0")
+        assert models.pick_dtype("auto", "cpu", cpu_bf16=True) is torch.float32
+        models.cpu_bf16_faster.cache_clear()
+        monkeypatch.setenv("QRMEM_CPU_BF16", "yes")
+        with pytest.raises(InputError, match=r"\$QRMEM_CPU_BF16 must be 1 .* or 0"):
+            models.pick_dtype("auto", "cpu", cpu_bf16=True)
+    finally:
+        models.cpu_bf16_faster.cache_clear()
 
 
 def test_calibration_when_the_query_tokenises_across_the_prefix_boundary(tiny_lm) -> None:

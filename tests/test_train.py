@@ -121,6 +121,20 @@ def test_cli_train_on_records(tiny_lm, tmp_path: Path) -> None:
     assert QRRanker.load(str(out)).heads[0].layer == 2
 
 
+def test_cli_train_keeps_the_scoring_asked_for(tiny_lm, tmp_path: Path) -> None:
+    """--no-calibrate / --calibrate reach the model that trains and the manifest it writes."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(r.model_dump_json() for r in records(4, "a")))
+    for flag, want in (("--no-calibrate", False), ("--calibrate", True)):
+        out = tmp_path / flag.strip("-")
+        res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--model",
+                                       str(tiny_lm("llama")), "--heads", HEADS, flag, "--max-steps", "1",
+                                       "--grad-accum", "2"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "qrmem_ranker.json").read_text())["scoring"]["calibrate"] is want
+        assert QRRanker.load(str(out)).config.calibrate is want
+
+
 def test_train_under_a_layer_budget_refuses_heads_above_it(tiny_lm, tmp_path: Path) -> None:
     from memory.qr.train import train_heads
 

@@ -151,6 +151,8 @@ class QRRanker(Reranker):
                              "detect them with `qrmem heads detect`")
         top = n_model_layers - 1 if max_layer is None else min(max_layer, n_model_layers - 1)
         parsed = parse_heads(head_list) if head_list else (Head(top, 0),)
+        if all_layers and heads is None:  # the model's own list is only a default here: keep what fits
+            parsed = tuple(h for h in parsed if h.layer <= top) or (Head(top, 0),)
         check_heads(parsed, n_model_layers, text_cfg.num_attention_heads, source.label)
         check_budget(parsed, max_layer)
         n_layers = top + 1 if all_layers else max(h.layer for h in parsed) + 1

@@ -206,9 +206,10 @@ def train_heads(train_records: Sequence[Record], val_records: Sequence[Record], 
                 cfg: TrainConfig, *, model: str | None = None, heads: Any = None, resume: bool = False,
                 device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
                 progress: bool = False, max_layer: int | None = None,
-                quantize: str | None = None) -> TrainReport:
+                quantize: str | None = None, calibrate: bool | None = None) -> TrainReport:
     """`qrmem train`: load `model` (None: the embedded SmolLM2) with `heads`, train, write `out/`.
-    `max_layer` is a layer budget: a head above it is refused before the model loads."""
+    `max_layer` is a layer budget: a head above it is refused before the model loads. `calibrate`
+    (None: as the head list was chosen) is the scoring the trained model keeps."""
     from .. import models
     from .heads import check_budget, parse_heads, read_head_file
     from .ranker import QRRanker
@@ -222,6 +223,6 @@ def train_heads(train_records: Sequence[Record], val_records: Sequence[Record], 
     if dtype == "auto" and models.pick_device(device).startswith("cpu"):
         dtype = "float32"  # gradients in fp32 on a CPU (inference may pick bf16 there; training does not)
     ranker = QRRanker.load(model, heads=heads, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                           max_layer=max_layer)
+                           max_layer=max_layer, **({} if calibrate is None else {"calibrate": calibrate}))
     base = str(Path(model).resolve()) if model and Path(model).exists() else model
     return train(ranker, train_records, val_records, out, cfg, base=base, resume=resume, progress=progress)
